@@ -1,0 +1,142 @@
+"""Word embeddings + LSTM: the text encoder of the seed article's pipeline.
+
+Recurrent caption encoders of this kind are the text side of the early
+cross-modal embedding models (Kiros et al., "Unifying Visual-Semantic Embeddings
+with Multimodal Neural Language Models", 2014; VSE++, Faghri et al. 2018).  The
+vocabulary is built from the training captions and stored in the module's
+state, so a checkpoint carries it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from xmcore.components import Encoder, Preprocessor
+from xmcore.errors import XmcoreError
+
+PAD, UNK = "<pad>", "<unk>"
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+
+def tokenize(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+class Vocabulary:
+    def __init__(self, words: Sequence[str]):
+        self.words = list(words)
+        self.index = {w: i for i, w in enumerate(self.words)}
+
+    @classmethod
+    def build(cls, texts: Iterable[str], min_freq: int = 1) -> "Vocabulary":
+        counts = Counter(w for t in texts for w in tokenize(t))
+        kept = sorted(w for w, c in counts.items() if c >= min_freq)
+        return cls([PAD, UNK, *kept])
+
+    def encode(self, text: str, max_length: int) -> list[int]:
+        unk = self.index[UNK]
+        ids = [self.index.get(w, unk) for w in tokenize(text)[:max_length]]
+        return ids or [unk]  # an empty caption still yields one step
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+
+class TokenPreprocessor(Preprocessor):
+    def __init__(self, vocab: Vocabulary, max_length: int):
+        self.vocab = vocab
+        self.max_length = max_length
+
+    def __call__(self, text: str) -> list[int]:
+        return self.vocab.encode(text, self.max_length)
+
+    def collate(self, items: Sequence[list[int]]) -> dict[str, torch.Tensor]:
+        lengths = torch.tensor([len(ids) for ids in items], dtype=torch.long)
+        tokens = torch.zeros(len(items), int(lengths.max()), dtype=torch.long)
+        for row, ids in enumerate(items):
+            tokens[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return {"tokens": tokens, "lengths": lengths}
+
+
+def read_word_vectors(path: str, vocab: Vocabulary, dim: int) -> tuple[torch.Tensor, int]:
+    """Rows of a GloVe-format file for the vocabulary's words; returns (vectors, words found)."""
+    weight = torch.randn(len(vocab), dim) * 0.1
+    found = 0
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                word, *values = line.rstrip().split(" ")
+                if word not in vocab.index:
+                    continue
+                if len(values) != dim:
+                    raise XmcoreError(
+                        f"encoders.text.word_vectors: {path} line {lineno} has {len(values)} values; "
+                        f"expected embed_dim={dim} (set embed_dim to the file's width)"
+                    )
+                weight[vocab.index[word]] = torch.tensor([float(v) for v in values])
+                found += 1
+    except FileNotFoundError:
+        raise XmcoreError(f"encoders.text.word_vectors: no such file {path}") from None
+    return weight, found
+
+
+class LSTMEncoder(Encoder):
+    def __init__(
+        self,
+        vocab: Vocabulary,
+        embed_dim: int = 128,
+        hidden: int = 256,
+        layers: int = 1,
+        bidirectional: bool = True,
+        pooling: str = "mean",
+        dropout: float = 0.0,
+        max_length: int = 64,
+        word_vectors: str | None = None,
+    ):
+        super().__init__()
+        self.vocab = vocab
+        self.embedding = nn.Embedding(len(vocab), embed_dim, padding_idx=0)
+        if word_vectors:
+            weight, self.words_initialised = read_word_vectors(word_vectors, vocab, embed_dim)
+            self.embedding.weight.data.copy_(weight)
+        self.dropout = nn.Dropout(dropout)
+        self.lstm = nn.LSTM(embed_dim, hidden, num_layers=layers, batch_first=True, bidirectional=bidirectional)
+        self.pooling = pooling
+        self.output_dim = hidden * (2 if bidirectional else 1)
+        self.preprocessor = TokenPreprocessor(vocab, max_length)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        tokens, lengths = batch["tokens"], batch["lengths"]
+        x = self.dropout(self.embedding(tokens))
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, (h, _) = self.lstm(packed)
+        if self.pooling == "last":
+            if self.lstm.bidirectional:
+                return torch.cat([h[-2], h[-1]], dim=-1)
+            return h[-1]
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=tokens.shape[1])
+        mask = (torch.arange(tokens.shape[1], device=tokens.device)[None, :] < lengths.to(tokens.device)[:, None])
+        mask = mask.unsqueeze(-1)
+        if self.pooling == "max":
+            return out.masked_fill(~mask, float("-inf")).amax(dim=1)
+        return (out * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+    # The vocabulary travels in the state dict, so a checkpoint is self-contained.
+    def get_extra_state(self):
+        return {"vocab": self.vocab.words}
+
+    def set_extra_state(self, state) -> None:
+        words = list(state["vocab"])
+        if len(words) != self.embedding.num_embeddings:
+            raise XmcoreError(
+                f"checkpoint vocabulary has {len(words)} words, the encoder {self.embedding.num_embeddings}: "
+                "it was trained on other captions"
+            )
+        self.vocab = Vocabulary(words)
+        self.preprocessor = TokenPreprocessor(self.vocab, self.preprocessor.max_length)

@@ -1,0 +1,46 @@
+"""Image encoders built on timm: any model ``timm.create_model`` knows, VGG16 included."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+import xmcore
+
+
+class TimmParams(xmcore.Params):
+    model_name: str = Field("resnet18", description="timm model name (timm.list_models() lists them)")
+    pretrained: bool = Field(False, description="load timm's pretrained weights from the Hugging Face hub (needs network)")
+    checkpoint: str | None = Field(
+        None, description="local weights file (.pth/.pt/.bin/.safetensors) to load strictly; relative to the recipe"
+    )
+    img_size: int | None = Field(None, gt=0, description="input size; default: the model's own data config")
+    crop_pct: float | None = Field(None, gt=0, le=1, description="centre-crop fraction at evaluation; default: the model's")
+    model_kwargs: dict = Field({}, description="extra keyword arguments for timm.create_model (e.g. drop_rate)")
+
+
+def build_timm(params: TimmParams, ctx: xmcore.BuildContext):
+    """Any timm model, classifier removed; its pooled features feed the fusion."""
+    from xmcore_vision.timm_encoder import TimmEncoder
+
+    checkpoint = params.checkpoint
+    if checkpoint is not None:
+        checkpoint = str((ctx.base_dir / checkpoint).resolve())
+    return TimmEncoder(
+        params.model_name,
+        pretrained=params.pretrained,
+        checkpoint=checkpoint,
+        img_size=params.img_size,
+        crop_pct=params.crop_pct,
+        model_kwargs=params.model_kwargs,
+    )
+
+
+@xmcore.hookimpl
+def xmcore_register_encoders(register):
+    register(
+        "timm",
+        build_timm,
+        params=TimmParams,
+        modalities=["image"],
+        test_params={"model_name": "test_resnet", "img_size": 32},
+    )

@@ -1,0 +1,107 @@
+"""A timm model as an xmcore image encoder.
+
+Evaluation preprocessing (input size, interpolation, crop, mean and std) comes
+from the model's own data config (``timm.data.resolve_data_config``), so a
+pretrained model sees images the way it was trained to.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.data import create_transform, resolve_data_config
+
+from xmcore.components import Encoder, Preprocessor
+from xmcore.errors import XmcoreError
+
+
+class ImagePreprocessor(Preprocessor):
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        return self.transform(image.convert("RGB"))
+
+
+def load_weights_file(path: str) -> dict[str, torch.Tensor]:
+    """A state dict from a local file; pickled files are read with ``weights_only=True``."""
+    p = Path(path)
+    if not p.is_file():
+        raise XmcoreError(f"encoders.image.checkpoint: no such file {path}")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(p))
+    else:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise XmcoreError(f"encoders.image.checkpoint: {path} does not hold a state dict")
+    return state
+
+
+class TimmEncoder(Encoder):
+    def __init__(
+        self,
+        model_name: str,
+        pretrained: bool = False,
+        checkpoint: str | None = None,
+        img_size: int | None = None,
+        crop_pct: float | None = None,
+        model_kwargs: dict | None = None,
+    ):
+        super().__init__()
+        kwargs = dict(model_kwargs or {})
+        if img_size is not None and _takes_img_size(model_name):
+            kwargs["img_size"] = img_size
+        try:
+            self.model = timm.create_model(model_name, pretrained=pretrained, num_classes=0, **kwargs)
+        except RuntimeError as exc:
+            if "Unknown model" in str(exc):
+                raise XmcoreError(
+                    f"encoders.image.model_name: timm has no model '{model_name}' (timm.list_models() lists them)"
+                ) from None
+            raise
+        if checkpoint is not None:
+            self._load_checkpoint(checkpoint)
+        self.output_dim = int(self.model.num_features)
+
+        config = resolve_data_config(model=self.model)
+        if img_size is not None:
+            config["input_size"] = (3, img_size, img_size)
+        if crop_pct is not None:
+            config["crop_pct"] = crop_pct
+        self.data_config = config
+        self.preprocessor = ImagePreprocessor(create_transform(**config, is_training=False))
+
+    def _load_checkpoint(self, path: str) -> None:
+        state = load_weights_file(path)
+        # The classifier was removed (num_classes=0): its weights are expected in the file, not in the model.
+        heads = tuple(f"{n}." for n in _classifier_names(self.model))
+        state = {k: v for k, v in state.items() if not k.startswith(heads)}
+        result = self.model.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise XmcoreError(
+                f"encoders.image.checkpoint: {path} does not match timm model: "
+                f"missing {len(result.missing_keys)} keys (e.g. {result.missing_keys[:3]}), "
+                f"unexpected {len(result.unexpected_keys)} (e.g. {result.unexpected_keys[:3]})"
+            )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+
+def _classifier_names(model) -> set[str]:
+    name = getattr(model, "default_cfg", {}).get("classifier", "")
+    names = name if isinstance(name, (list, tuple)) else [name]
+    return {n for n in names if n}
+
+
+def _takes_img_size(model_name: str) -> bool:
+    # Transformers need their position embeddings sized to the input; CNNs take any size.
+    return any(tag in model_name for tag in ("vit", "deit", "swin", "maxvit", "coatnet", "eva", "beit"))

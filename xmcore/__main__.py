@@ -1,0 +1,5 @@
+import sys
+
+from xmcore.cli import main
+
+sys.exit(main())

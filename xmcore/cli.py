@@ -1,0 +1,138 @@
+"""The ``xmcore`` command line.
+
+Torch and Lightning are imported only by the commands that train, so ``--help``,
+``plugins`` and ``validate`` stay quick.  Errors caused by input (a recipe, an
+override, a path) print one message per problem and exit non-zero without a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from xmcore import __version__
+from xmcore.errors import XmcoreError
+
+OVERRIDE_HELP = "override a recipe key: dotted.key=value (value parsed as YAML), e.g. fusion.name=linear"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xmcore", description="Cross-modal retrieval: train, evaluate and compare.")
+    parser.add_argument("--version", action="version", version=f"xmcore {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="train a recipe with Lightning and evaluate retrieval")
+    run.add_argument("recipe", help="the recipe YAML file")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
+    run.add_argument("--out", type=Path, help="run directory (default: runs/<recipe name>-<timestamp>)")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+
+    val = sub.add_parser("validate", help="check a recipe (overrides applied) without training")
+    val.add_argument("recipe")
+    val.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
+    val.add_argument("--print", action="store_true", dest="show", help="print the resolved recipe")
+
+    plug = sub.add_parser("plugins", help="list installed plugins and the components they register")
+    plug.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins}[args.command](args)
+    except XmcoreError as exc:
+        print(f"error: {exc}" if "\n" not in str(exc) else f"error:\n{exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _load(args):
+    from xmcore.plugins import load_plugins
+    from xmcore.recipe import load_recipe, validate
+
+    plugins = load_plugins()
+    loaded = load_recipe(args.recipe, args.overrides)
+    return plugins, loaded, validate(loaded, plugins)
+
+
+def cmd_validate(args) -> int:
+    import yaml
+
+    _, _, recipe = _load(args)
+    if args.show:
+        print(yaml.safe_dump(recipe.resolved(), sort_keys=False), end="")
+    print(f"{args.recipe}: ok", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from xmcore.evaluation import metrics_table
+    from xmcore.run import default_run_dir, train_and_evaluate
+
+    plugins, loaded, recipe = _load(args)
+    run_dir = args.out or default_run_dir(recipe)
+    metrics = train_and_evaluate(recipe, plugins, loaded.base_dir, run_dir, resume=args.resume)
+    print()
+    print(f"{recipe.name}: retrieval on the '{recipe.eval.split}' split")
+    print(metrics_table(metrics))
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    from xmcore.plugins import load_plugins
+    from xmcore.registry import KINDS
+
+    plugins = load_plugins()
+    by_plugin: dict[str, dict[str, list]] = {name: {} for name in plugins.infos}
+    for kind in KINDS:
+        for comp in plugins[kind]:
+            by_plugin.setdefault(comp.plugin, {}).setdefault(kind, []).append(comp)
+
+    if args.json:
+        out = []
+        for name, kinds in by_plugin.items():
+            info = plugins.infos.get(name)
+            out.append(
+                {
+                    "name": name,
+                    "distribution": info.distribution if info else name,
+                    "version": info.version if info else None,
+                    "error": info.error if info else None,
+                    "components": {
+                        kind: [
+                            {"name": c.name, "help": c.help, "modalities": c.modalities, "params": c.describe_params()}
+                            for c in comps
+                        ]
+                        for kind, comps in kinds.items()
+                    },
+                }
+            )
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+
+    for name, kinds in by_plugin.items():
+        info = plugins.infos.get(name)
+        head = f"{info.distribution} {info.version}" if info else name
+        print(f"{head}  (entry point '{name}')")
+        if info and info.error:
+            print(f"  FAILED TO IMPORT: {info.error}")
+        for kind, comps in kinds.items():
+            for c in comps:
+                mods = f" [{', '.join(c.modalities)}]" if c.modalities else ""
+                print(f"  {kind} {c.name}{mods}: {c.help}")
+                for p in c.describe_params():
+                    default = "required" if p["required"] else f"= {p['default']!r}"
+                    print(f"      {p['name']}: {p['type']} {default}" + (f"  -- {p['help']}" if p["help"] else ""))
+        print()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

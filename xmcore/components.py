@@ -1,0 +1,48 @@
+"""Base classes for the components plugins build: encoders and fusion strategies.
+
+Plugins subclass these (or follow the same shape); the core relies on nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+
+class Preprocessor:
+    """Turns raw items into model input.  Must be picklable: it runs in DataLoader workers.
+
+    ``__call__`` handles one raw item (in a worker); ``collate`` stacks a list of
+    results into a batch.  The default collate stacks tensors.
+    """
+
+    def __call__(self, item: Any) -> Any:
+        return item
+
+    def collate(self, items: Sequence[Any]) -> Any:
+        return torch.stack(list(items))
+
+
+class Encoder(nn.Module):
+    """Encodes a batch of one modality into ``output_dim``-wide features."""
+
+    output_dim: int
+    preprocessor: Preprocessor
+
+    def forward(self, batch: Any) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Fusion(nn.Module):
+    """Maps each modality's encoder features into the common space."""
+
+    def forward(self, features: torch.Tensor, modality: str) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def auxiliary_loss(
+        self, embeddings: Mapping[str, torch.Tensor], progress: float
+    ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """An extra training objective (and values to log); ``progress`` runs 0 -> 1 over training."""
+        return None, {}

@@ -1,0 +1,122 @@
+"""The extension points of xmcore: every hook a plugin may implement.
+
+All hooks are *contribution* hooks in the style of simonw/llm and tox: the core
+calls each one once per run, right after the plugins are loaded and before any
+recipe is validated, passing a ``register`` callback.  A plugin calls
+``register`` once per component it contributes::
+
+    import xmcore
+
+    @xmcore.hookimpl
+    def xmcore_register_fusions(register):
+        register("my-fusion", build_my_fusion, params=MyFusionParams)
+
+``register(name, build, *, params=None, help=None, modalities=None, test_params=None)``
+
+* ``name`` -- what a recipe writes as ``name:``; unique within its kind.
+  Registering a name twice is an error that names both plugins.
+* ``build(params, ctx)`` -- creates the component.  It is called only after the
+  whole recipe validated, so it may import torch and load weights; the hook
+  itself should stay cheap (``xmcore validate`` and ``xmcore plugins`` run it).
+  ``params`` is an instance of the ``params`` class, ``ctx`` an
+  :class:`xmcore.BuildContext`.
+* ``params`` -- a subclass of :class:`xmcore.Params` (a pydantic model) that
+  declares each parameter's type, default and one-line description.  Recipes are
+  validated against it; ``xmcore plugins`` prints it.
+* ``help`` -- one line for ``xmcore plugins``; defaults to the first line of
+  ``build``'s docstring.
+* ``modalities`` -- for encoders and augmentations: the modality names the
+  component accepts (``("image",)``, ``("text",)``).  ``None`` means any.
+* ``test_params`` -- small parameters for the contract tests in
+  :mod:`xmcore.testing` (a dict, or a callable returning a dict, or ``None``
+  when the component cannot be built offline on this machine).
+
+No hook here is ``firstresult``: every implementation is called and the results
+are the registrations themselves.  Hooks are listed in the order the core calls
+them during ``xmcore run``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("xmcore")
+
+Register = Callable[..., None]
+
+
+@hookspec
+def xmcore_register_datasets(register: Register) -> None:
+    """Register dataset components (recipe section ``data``).
+
+    ``build(params, ctx)`` returns an :class:`xmcore.data.RetrievalData`: named
+    splits (``train``, ``val``, ``test``), each an :class:`xmcore.data.Split` of
+    items of two modalities where every item of the second modality (e.g. a
+    caption) belongs to one item of the first (its image).  ``ctx.seed`` is the
+    recipe's seed and ``ctx.base_dir`` the recipe file's folder, against which
+    relative paths resolve.
+    """
+
+
+@hookspec
+def xmcore_register_augmentations(register: Register) -> None:
+    """Register augmentation components (recipe section ``augment.<modality>``).
+
+    ``build(params, ctx)`` returns a callable applied to one raw training item of
+    ``ctx.modality`` (a ``PIL.Image`` for images, a ``str`` for text) that
+    returns an item of the same kind.  Augmentations run on training items only,
+    in the order the recipe lists them, before the encoder's preprocessing.
+    """
+
+
+@hookspec
+def xmcore_register_encoders(register: Register) -> None:
+    """Register encoder components (recipe section ``encoders.<modality>``).
+
+    ``build(params, ctx)`` returns an :class:`xmcore.components.Encoder` for
+    ``ctx.modality``: a ``torch.nn.Module`` with an ``output_dim`` attribute, a
+    picklable ``preprocessor`` (raw item -> tensor, list -> batch) and
+    ``forward(batch) -> Tensor[batch, output_dim]``.  ``ctx.train_items()``
+    returns the raw training items of that modality, for encoders that fit
+    something to the data (a vocabulary, say).  The core freezes the encoder
+    when the recipe says ``freeze: true``.
+    """
+
+
+@hookspec
+def xmcore_register_fusions(register: Register) -> None:
+    """Register fusion strategies: how modalities reach the common space (section ``fusion``).
+
+    ``build(params, ctx)`` returns an :class:`xmcore.components.Fusion`: a
+    module whose ``forward(features, modality)`` maps one modality's encoder
+    features (``ctx.input_dims[modality]`` wide) to the common space
+    (``ctx.dim`` wide), and whose ``auxiliary_loss(embeddings, progress)`` may
+    add a training objective of its own (the adversarial strategy's
+    discriminator); ``progress`` runs from 0 to 1 over training.
+    """
+
+
+@hookspec
+def xmcore_register_losses(register: Register) -> None:
+    """Register retrieval losses (recipe section ``loss``).
+
+    ``build(params, ctx)`` returns a ``torch.nn.Module`` called as
+    ``loss(a, b, groups)``: ``a`` and ``b`` are L2-normalised embeddings of the
+    two modalities for the same batch of pairs (row ``i`` of ``a`` matches row
+    ``i`` of ``b``), and ``groups[i]`` identifies the first-modality item of pair
+    ``i``, so that two captions of one image in a batch are not treated as
+    negatives of each other.  Returns a scalar tensor.
+    """
+
+
+@hookspec
+def xmcore_register_metrics(register: Register) -> None:
+    """Register retrieval metrics (recipe section ``eval.metrics``).
+
+    ``build(params, ctx)`` returns a callable that takes a mapping from direction
+    (``"i2t"``, ``"t2i"``) to :class:`xmcore.evaluation.Ranking` and returns a
+    flat ``{metric_id: float}``; ids are ``"<direction>/<metric>"`` (``i2t/R@1``)
+    or a bare name for a metric over both directions (``rsum``).
+    """

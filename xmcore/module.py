@@ -1,0 +1,125 @@
+"""The LightningModule: encoders -> fusion -> loss, and nothing else.
+
+Every piece is a plugin component built from the recipe; this module only wires
+them, logs, and configures the optimizer.  It never sees a recipe.
+
+Two seams are kept open on purpose:
+
+* :meth:`RetrievalModule.features` is the only place an encoder runs, so a cache
+  of frozen-encoder features can stand in for it;
+* :meth:`RetrievalModule.pair_loss` receives the local batch's embeddings, so
+  gathering negatives from all processes can wrap it without touching the loss.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from xmcore.components import Encoder, Fusion
+
+
+class RetrievalModule(pl.LightningModule):
+    def __init__(
+        self,
+        encoders: Mapping[str, Encoder],
+        fusion: Fusion,
+        loss: nn.Module,
+        modalities: tuple[str, str],
+        optimizer: Mapping[str, Any],
+        frozen: set[str] = frozenset(),
+        extra_checkpoint: Mapping[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.encoders = nn.ModuleDict(dict(encoders))
+        self.fusion = fusion
+        self.loss = loss
+        self.modalities = modalities
+        self.optimizer_cfg = dict(optimizer)
+        self.frozen = set(frozen)
+        self.extra_checkpoint = dict(extra_checkpoint or {})
+        for name in self.frozen:
+            self.encoders[name].requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for name in self.frozen:  # frozen encoders keep eval behaviour (BatchNorm statistics, dropout)
+            self.encoders[name].eval()
+        return self
+
+    # ------------------------------------------------------------------ forward
+
+    def features(self, modality: str, batch: Any) -> torch.Tensor:
+        if modality in self.frozen:
+            with torch.no_grad():
+                return self.encoders[modality](batch)
+        return self.encoders[modality](batch)
+
+    def embed(self, modality: str, batch: Any) -> torch.Tensor:
+        """L2-normalised common-space embeddings of one modality's batch."""
+        fused = self.fusion(self.features(modality, batch), modality)
+        return nn.functional.normalize(fused, dim=-1)
+
+    def pair_loss(self, emb: Mapping[str, torch.Tensor], groups: torch.Tensor) -> torch.Tensor:
+        a, b = self.modalities
+        return self.loss(emb[a], emb[b], groups)
+
+    def _step(self, batch: Mapping[str, Any], stage: str) -> torch.Tensor:
+        emb = {m: self.embed(m, batch[m]) for m in self.modalities}
+        loss = self.pair_loss(emb, batch["group"])
+        batch_size = len(batch["group"])
+        self.log(f"{stage}/retrieval_loss", loss, batch_size=batch_size)
+        progress = self._progress()
+        aux, logs = self.fusion.auxiliary_loss(emb, progress)
+        if aux is not None:
+            loss = loss + aux
+            for key, value in logs.items():
+                self.log(f"{stage}/{key}", value, batch_size=batch_size)
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=batch_size)
+        return loss
+
+    def _progress(self) -> float:
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 0
+        if not total or math.isinf(total):
+            return 0.0
+        return min(1.0, self.global_step / total)
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        return self._step(batch, "val")
+
+    def predict_step(self, batch, batch_idx, dataloader_idx=0):
+        modality = self.modalities[dataloader_idx]
+        return batch["index"], self.embed(modality, batch["item"])
+
+    # ------------------------------------------------------------------ optimisation
+
+    def configure_optimizers(self):
+        cfg = self.optimizer_cfg
+        params = [p for p in self.parameters() if p.requires_grad]
+        if cfg["name"] == "sgd":
+            opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+        else:
+            cls = torch.optim.AdamW if cfg["name"] == "adamw" else torch.optim.Adam
+            opt = cls(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(cfg["warmup_steps"], total - 1)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            if cfg["schedule"] == "constant":
+                return 1.0
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint.update(self.extra_checkpoint)

@@ -1,0 +1,375 @@
+"""The recipe schema: loading, ``key=value`` overrides, and validation.
+
+A recipe is YAML (read with ``yaml.safe_load`` only).  Its fixed sections are
+declared here as pydantic models; each component section (``data``,
+``encoders.<modality>``, ``fusion``, ``loss``, ``augment.<modality>[i]``,
+``eval.metrics[i]``) names a component with ``name`` and carries that
+component's parameters beside the core's own keys (``batch_size``, ``freeze``,
+``dim``).  The parameters are validated against the component's declaration,
+so a recipe is checked completely before any weights load or data is read.
+
+Every problem becomes one line ``FILE: dotted.key: what is wrong`` with the
+valid choices and the closest match.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+
+from xmcore.errors import RecipeError, did_you_mean
+from xmcore.registry import Component, Params
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentSection(BaseModel):
+    """A section that names a component; the keys the core does not declare go to the component."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(description="the component's registered name")
+
+    _component: Component | None = PrivateAttr(default=None)
+    _params: Params | None = PrivateAttr(default=None)
+
+    @property
+    def component(self) -> Component:
+        assert self._component is not None, "recipe not validated"
+        return self._component
+
+    @property
+    def params(self) -> Params:
+        assert self._params is not None, "recipe not validated"
+        return self._params
+
+    def resolved(self) -> dict[str, Any]:
+        core = {k: getattr(self, k) for k in type(self).model_fields}
+        return {**_plain(core), **(self._params.model_dump(mode="json") if self._params else self.model_extra)}
+
+
+class DataSection(ComponentSection):
+    batch_size: int = Field(64, gt=0, description="pairs per training batch (and items per evaluation batch)")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+
+
+class EncoderSection(ComponentSection):
+    freeze: bool = Field(False, description="keep the encoder's weights fixed (and in eval mode)")
+
+
+class FusionSection(ComponentSection):
+    dim: int = Field(256, gt=0, description="width of the common embedding space")
+
+
+class LossSection(ComponentSection):
+    pass
+
+
+class AugmentSection(ComponentSection):
+    pass
+
+
+class MetricSection(ComponentSection):
+    pass
+
+
+_SECTION_KIND = {
+    DataSection: "dataset",
+    EncoderSection: "encoder",
+    FusionSection: "fusion",
+    LossSection: "loss",
+    AugmentSection: "augmentation",
+    MetricSection: "metric",
+}
+
+
+class OptimizerSection(_Section):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, description="sgd only")
+    schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+
+
+class TrainerSection(_Section):
+    """Passed to ``lightning.Trainer`` under Lightning's own argument names."""
+
+    max_epochs: int | None = 10
+    max_steps: int = -1
+    min_epochs: int | None = None
+    accelerator: str = "auto"
+    devices: Union[int, str, list[int]] = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: Union[int, str] = "32-true"
+    gradient_clip_val: float | None = None
+    accumulate_grad_batches: int = 1
+    limit_train_batches: Union[int, float] | None = None
+    limit_val_batches: Union[int, float] | None = None
+    limit_predict_batches: Union[int, float] | None = None
+    val_check_interval: Union[int, float] | None = None
+    check_val_every_n_epoch: int | None = 1
+    num_sanity_val_steps: int | None = None
+    log_every_n_steps: int | None = 10
+    enable_progress_bar: bool | None = None
+    enable_model_summary: bool | None = None
+    deterministic: Union[bool, str] | None = None
+    benchmark: bool | None = None
+    fast_dev_run: Union[bool, int] = False
+
+
+class EvalSection(_Section):
+    split: str = Field("test", description="the split evaluated after training")
+    batch_size: int = Field(256, gt=0)
+    metrics: list[MetricSection] = Field(
+        default_factory=lambda: [MetricSection(name="recall"), MetricSection(name="rank")]
+    )
+
+
+class Recipe(_Section):
+    name: str = Field("recipe", description="names the run directory; defaults to the file's stem")
+    seed: int = 0
+    data: DataSection
+    encoders: dict[str, EncoderSection]
+    fusion: FusionSection
+    loss: LossSection
+    augment: dict[str, list[AugmentSection]] = Field(default_factory=dict)
+    optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
+    trainer: TrainerSection = Field(default_factory=TrainerSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+
+    def component_sections(self) -> list[tuple[str, ComponentSection]]:
+        """Each component section with its dotted path, in build order."""
+        out: list[tuple[str, ComponentSection]] = [("data", self.data)]
+        out += [(f"augment.{m}.{i}", s) for m, lst in self.augment.items() for i, s in enumerate(lst)]
+        out += [(f"encoders.{m}", s) for m, s in self.encoders.items()]
+        out += [("fusion", self.fusion), ("loss", self.loss)]
+        out += [(f"eval.metrics.{i}", s) for i, s in enumerate(self.eval.metrics)]
+        return out
+
+    def resolved(self) -> dict[str, Any]:
+        """The full recipe, defaults filled, as plain data (what is written to the run directory)."""
+        out: dict[str, Any] = {}
+        for key in type(self).model_fields:
+            value = getattr(self, key)
+            out[key] = _resolve_value(value)
+        return out
+
+
+def _resolve_value(value: Any) -> Any:
+    if isinstance(value, ComponentSection):
+        return value.resolved()
+    if isinstance(value, BaseModel):
+        return {k: _resolve_value(getattr(value, k)) for k in type(value).model_fields}
+    if isinstance(value, dict):
+        return {k: _resolve_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_value(v) for v in value]
+    return value
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: _resolve_value(v) for k, v in d.items()}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class LoadedRecipe:
+    """A recipe file's raw data, overrides applied, not yet validated."""
+
+    source: str  # the file path as the user gave it (used in messages)
+    data: dict[str, Any]
+    base_dir: Path
+    replaced_names: set[str] = field(default_factory=set)  # sections whose ``name`` an override changed
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> LoadedRecipe:
+    source = str(path)
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError([f"{source}: no such recipe file (expected a YAML file, e.g. recipes/quickstart.yaml)"])
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError([f"{source}: not valid YAML{where}: {problem}"]) from None
+    except UnicodeDecodeError:
+        raise RecipeError([f"{source}: not a UTF-8 text file; expected a YAML recipe"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError([f"{source}: expected a mapping of sections (data, encoders, fusion, ...), got {_kind(data)}"])
+    data.setdefault("name", p.stem)
+    loaded = LoadedRecipe(source, data, p.resolve().parent)
+    apply_overrides(loaded, overrides)
+    return loaded
+
+
+def apply_overrides(loaded: LoadedRecipe, overrides: list[str]) -> None:
+    """Apply ``dotted.key=value`` overrides; values are parsed as YAML scalars (or flow lists/maps)."""
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            problems.append(f"override '{item}': expected KEY=VALUE with a dotted key, e.g. fusion.name=linear")
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw  # not YAML: take it as the plain string it is
+        try:
+            _set_dotted(loaded.data, key.split("."), value)
+        except _OverrideError as exc:
+            problems.append(f"override '{item}': {exc}")
+            continue
+        if key.endswith(".name") or key == "name":
+            loaded.replaced_names.add(key.rpartition(".")[0])
+    if problems:
+        raise RecipeError(problems)
+
+
+class _OverrideError(Exception):
+    pass
+
+
+def _set_dotted(node: Any, parts: list[str], value: Any) -> None:
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise _OverrideError(f"'{where}': expected a list index below {len(node)}")
+            if last:
+                node[int(part)] = value
+                return
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+                return
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+        else:
+            raise _OverrideError(f"'{'.'.join(parts[:i])}' is {_kind(node)}, not a section")
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer", float: "a number"}.get(
+        type(value), type(value).__name__
+    ) + (f" ({value!r})" if isinstance(value, (str, int, float, bool)) else "")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate(loaded: LoadedRecipe, plugins) -> Recipe:
+    """Check the whole recipe against the schema and each named component's parameters."""
+    src = loaded.source
+    data = copy.deepcopy(loaded.data)
+    problems = _unknown_keys(data, Recipe, "")  # reported and removed, so the type checks below still run
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        problems += [_pydantic_problem(e) for e in exc.errors()]
+    if problems:
+        raise RecipeError([f"{src}: {p}" for p in problems])
+
+    for path, section in recipe.component_sections():
+        kind = _SECTION_KIND[type(section)]
+        registry = plugins[kind]
+        if section.name not in registry:
+            problems.append(f"{path}.name: {registry.unknown_message(section.name)}")
+            continue
+        component = registry.get(section.name)
+        modality = path.split(".")[1] if kind in ("encoder", "augmentation") else None
+        if modality and not component.accepts(modality):
+            fits = [c.name for c in registry if c.accepts(modality)]
+            problems.append(
+                f"{path}.name: {kind} '{section.name}' does not accept modality '{modality}' "
+                f"(it accepts: {', '.join(component.modalities)}); {kind}s for {modality}: {', '.join(fits) or 'none'}"
+            )
+            continue
+        extra = dict(section.model_extra or {})
+        declared = set(component.params.model_fields)
+        if path in loaded.replaced_names:
+            # An override chose another component: parameters the old one declared
+            # and the new one does not would be typos now, so they are dropped -- out loud.
+            for key in sorted(set(extra) - declared):
+                print(f"note: {path}.{key} dropped: not a parameter of {kind} '{section.name}'", flush=True)
+                del extra[key]
+        try:
+            section._params = component.params.model_validate(extra)
+            section._component = component
+        except ValidationError as exc:
+            for e in exc.errors():
+                if e["type"] == "extra_forbidden":
+                    key = e["loc"][0]
+                    valid = sorted(declared | set(type(section).model_fields))
+                    problems.append(
+                        f"{path}.{key}: unknown parameter of {kind} '{section.name}'; "
+                        f"{did_you_mean(key, valid)}valid keys: {', '.join(valid)}"
+                    )
+                else:
+                    problems.append(_pydantic_problem(e, prefix=path))
+    if not recipe.encoders:
+        problems.append("encoders: expected one encoder per modality, e.g. encoders.image.name: timm")
+    if problems:
+        raise RecipeError([f"{src}: {p}" for p in problems])
+    return recipe
+
+
+def _pydantic_problem(error: dict[str, Any], prefix: str = "") -> str:
+    loc = ".".join([prefix] * bool(prefix) + [str(p) for p in error["loc"]])
+    msg = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":
+        return f"{loc}: required key is missing"
+    got = error.get("input")
+    got_text = f", got {_kind(got)}" if not isinstance(got, (dict, list)) or error["type"].endswith("_type") else ""
+    if error["type"] == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        choices = [c.strip().strip("'") for c in expected.replace(" or ", ", ").split(",")]
+        return f"{loc}: expected one of {expected}, got {got!r}; {did_you_mean(got, choices)}".rstrip("; ").rstrip()
+    return f"{loc}: {msg[0].lower() + msg[1:]}{got_text}"
+
+
+def _unknown_keys(data: Any, model: type[BaseModel], path: str) -> list[str]:
+    """Unknown keys in fixed sections, with the closest valid key (pydantic says only 'extra input')."""
+    if not isinstance(data, dict):
+        return []
+    problems = []
+    fields = model.model_fields
+    if model.model_config.get("extra") == "forbid":
+        for key in list(data):
+            if key not in fields:
+                del data[key]
+                where = f"{path}.{key}" if path else str(key)
+                valid = sorted(fields)
+                problems.append(f"{where}: unknown key; {did_you_mean(key, valid)}valid keys: {', '.join(valid)}")
+    for key, info in fields.items():
+        if key not in data:
+            continue
+        sub = f"{path}.{key}" if path else key
+        ann = info.annotation
+        origin = getattr(ann, "__origin__", None)
+        args = getattr(ann, "__args__", ())
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            problems += _unknown_keys(data[key], ann, sub)
+        elif origin is dict and isinstance(data[key], dict) and isinstance(args[1], type) and issubclass(args[1], BaseModel):
+            for k, v in data[key].items():
+                problems += _unknown_keys(v, args[1], f"{sub}.{k}")
+        elif origin is list and isinstance(data[key], list) and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+            for i, v in enumerate(data[key]):
+                problems += _unknown_keys(v, args[0], f"{sub}.{i}")
+    return problems

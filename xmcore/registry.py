@@ -1,0 +1,156 @@
+"""Registries of components, one per kind, filled through the ``register`` callbacks.
+
+A :class:`Component` is what a plugin registered: a name, a ``build`` function and
+the declaration of its parameters (a :class:`Params` pydantic model).  The
+registry refuses a name registered twice and answers an unknown name with the
+installed names and the closest match.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from pydantic import BaseModel, ConfigDict
+
+from xmcore.errors import PluginError, did_you_mean
+
+KINDS = ("dataset", "augmentation", "encoder", "fusion", "loss", "metric")
+"""Component kinds, in the order the hooks are called."""
+
+
+class Params(BaseModel):
+    """Base class of a component's parameter declaration.
+
+    Declare each parameter as a typed field with a default and a one-line
+    ``description`` (``pydantic.Field(64, description="...")``).  Unknown keys are
+    errors, so a typo in a recipe never passes silently.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoParams(Params):
+    """For components without parameters."""
+
+
+@dataclass
+class BuildContext:
+    """What the core knows when it builds a component.  Fields a kind does not use are ``None``."""
+
+    seed: int = 0
+    base_dir: Path = field(default_factory=Path.cwd)
+    modality: str | None = None
+    input_dims: Mapping[str, int] | None = None
+    dim: int | None = None
+    train_items: Callable[[], Sequence[Any]] | None = None
+
+
+@dataclass(frozen=True)
+class Component:
+    kind: str
+    name: str
+    build: Callable[..., Any]
+    params: type[Params]
+    help: str
+    plugin: str
+    modalities: tuple[str, ...] | None = None
+    test_params: Any = None
+
+    def accepts(self, modality: str) -> bool:
+        return self.modalities is None or modality in self.modalities
+
+    def describe_params(self) -> list[dict[str, Any]]:
+        """Name, type, default and help of each parameter (for ``xmcore plugins`` and docs)."""
+        rows = []
+        for pname, info in self.params.model_fields.items():
+            rows.append(
+                {
+                    "name": pname,
+                    "type": _type_name(info.annotation),
+                    "default": None if info.is_required() else info.get_default(call_default_factory=True),
+                    "required": info.is_required(),
+                    "help": info.description or "",
+                }
+            )
+        return rows
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+class Registry:
+    """The components of one kind, by name."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._components: dict[str, Component] = {}
+
+    def register_for(self, plugin: str) -> Callable[..., None]:
+        """The ``register`` callback handed to one plugin's hook implementation."""
+
+        def register(
+            name: str,
+            build: Callable[..., Any],
+            *,
+            params: type[Params] | None = None,
+            help: str | None = None,
+            modalities: Sequence[str] | None = None,
+            test_params: Any = None,
+        ) -> None:
+            if not isinstance(name, str) or not name:
+                raise PluginError(f"plugin '{plugin}' registered a {self.kind} with an invalid name {name!r}")
+            if params is not None and not (isinstance(params, type) and issubclass(params, Params)):
+                raise PluginError(
+                    f"plugin '{plugin}' registered {self.kind} '{name}' with params={params!r}; "
+                    "expected a subclass of xmcore.Params"
+                )
+            if name in self._components:
+                other = self._components[name].plugin
+                raise PluginError(
+                    f"{self.kind} '{name}' is registered twice: by plugin '{other}' and by plugin '{plugin}'; "
+                    f"uninstall one of them or disable it with XMCORE_DISABLE_PLUGINS={plugin}"
+                )
+            doc = inspect.getdoc(build) or ""
+            self._components[name] = Component(
+                kind=self.kind,
+                name=name,
+                build=build,
+                params=params or NoParams,
+                help=help if help is not None else (doc.splitlines()[0] if doc else ""),
+                plugin=plugin,
+                modalities=tuple(modalities) if modalities is not None else None,
+                test_params=test_params,
+            )
+
+        return register
+
+    def get(self, name: str) -> Component:
+        try:
+            return self._components[name]
+        except KeyError:
+            raise PluginError(self.unknown_message(name)) from None
+
+    def unknown_message(self, name: Any) -> str:
+        installed = ", ".join(sorted(self._components)) or "none"
+        return (
+            f"unknown {self.kind} '{name}'; {did_you_mean(name, self._components)}"
+            f"installed: {installed} (is the plugin that provides it installed?)"
+        )
+
+    def names(self) -> list[str]:
+        return sorted(self._components)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._components
+
+    def __iter__(self) -> Iterator[Component]:
+        return iter(self._components[n] for n in self.names())
+
+    def __len__(self) -> int:
+        return len(self._components)

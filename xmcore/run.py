@@ -1,0 +1,195 @@
+"""``xmcore run``: build every component a recipe names, train with Lightning, evaluate, write the run directory.
+
+The run directory holds::
+
+    recipe.yaml        the resolved recipe (defaults filled, overrides applied)
+    environment.json   versions of xmcore, each plugin used, torch, Lightning, timm, ...
+    logs/metrics.csv   losses and values logged during training (Lightning's CSVLogger)
+    checkpoints/       best.ckpt (lowest validation loss) and last.ckpt
+    metrics.json       {"i2t/R@1": ..., ..., "rsum": ...}
+    metrics.md         the same as a table
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from xmcore.errors import XmcoreError
+from xmcore.evaluation import compute_metrics, metrics_table, rank_both_directions
+from xmcore.io import atomic_write_text, write_json, write_yaml
+from xmcore.plugins import Plugins
+from xmcore.recipe import Recipe
+from xmcore.registry import BuildContext
+
+TRACKED_PACKAGES = ("torch", "pytorch-lightning", "timm", "sentence-transformers", "pluggy", "pydantic", "numpy")
+
+
+@dataclass
+class Built:
+    """Everything built from a recipe, ready for Lightning."""
+
+    data: Any
+    encoders: dict[str, Any]
+    augment: dict[str, list[Any]]
+    fusion: Any
+    loss: Any
+    metrics: list[Any]
+
+
+def build_components(recipe: Recipe, base_dir: Path) -> Built:
+    """Build the components in order: data, augmentations, encoders, fusion, loss, metrics."""
+    seed = recipe.seed
+    section = recipe.data
+    data = section.component.build(section.params, BuildContext(seed=seed, base_dir=base_dir))
+    _check_data(recipe, data)
+
+    augment = {
+        m: [a.component.build(a.params, BuildContext(seed=seed, base_dir=base_dir, modality=m)) for a in sections]
+        for m, sections in recipe.augment.items()
+    }
+    encoders = {}
+    train = data.splits["train"]
+    for modality in data.modalities:
+        enc = recipe.encoders[modality]
+        ctx = BuildContext(seed=seed, base_dir=base_dir, modality=modality, train_items=lambda m=modality: train.items[m])
+        encoders[modality] = enc.component.build(enc.params, ctx)
+    dims = {m: int(e.output_dim) for m, e in encoders.items()}
+    fusion = recipe.fusion.component.build(
+        recipe.fusion.params, BuildContext(seed=seed, base_dir=base_dir, input_dims=dims, dim=recipe.fusion.dim)
+    )
+    loss = recipe.loss.component.build(recipe.loss.params, BuildContext(seed=seed, base_dir=base_dir))
+    metrics = [m.component.build(m.params, BuildContext(seed=seed, base_dir=base_dir)) for m in recipe.eval.metrics]
+    return Built(data, encoders, augment, fusion, loss, metrics)
+
+
+def _check_data(recipe: Recipe, data) -> None:
+    name = recipe.data.name
+    missing = [s for s in ("train", recipe.eval.split) if s not in data.splits]
+    if missing:
+        raise XmcoreError(f"dataset '{name}' has no split {', '.join(map(repr, missing))}; it has: {', '.join(data.splits)}")
+    for split_name, split in data.splits.items():
+        for m in split.modalities:
+            if len(split.items[m]) == 0:
+                raise XmcoreError(f"dataset '{name}': split '{split_name}' has no {m} items")
+    lacking = [m for m in data.modalities if m not in recipe.encoders]
+    if lacking:
+        raise XmcoreError(
+            f"dataset '{name}' has modalities {', '.join(data.modalities)} but the recipe has no encoder for "
+            f"{', '.join(lacking)}; add encoders.{lacking[0]}.name: ..."
+        )
+
+
+def environment(recipe: Recipe, plugins: Plugins) -> dict[str, Any]:
+    import xmcore
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    used = {}
+    for _, section in recipe.component_sections():
+        info = plugins.infos.get(section.component.plugin)
+        if info:
+            used[info.distribution] = info.version
+    return {
+        "xmcore": xmcore.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "plugins": used,
+        "packages": {p: version(p) for p in TRACKED_PACKAGES},
+    }
+
+
+def default_run_dir(recipe: Recipe) -> Path:
+    return Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run_dir(run_dir: Path, resume: bool) -> Path | None:
+    """Create the run directory; return the checkpoint to resume from, if any."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume:
+        if not last.is_file():
+            raise XmcoreError(f"--resume: {last} does not exist; nothing to resume (run without --resume to start)")
+        return last
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise XmcoreError(
+            f"run directory {run_dir} already exists and is not empty; "
+            "choose another --out, or pass --resume to continue that run"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def train_and_evaluate(recipe: Recipe, plugins: Plugins, base_dir: Path, run_dir: Path, resume: bool = False) -> dict[str, float]:
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger
+
+    from xmcore.datamodule import RetrievalDataModule
+    from xmcore.module import RetrievalModule
+
+    resume_from = prepare_run_dir(run_dir, resume)
+    resolved = recipe.resolved()
+    write_yaml(run_dir / "recipe.yaml", resolved)
+    write_json(run_dir / "environment.json", environment(recipe, plugins))
+
+    pl.seed_everything(recipe.seed, workers=True, verbose=False)
+    built = build_components(recipe, base_dir)
+    modalities = built.data.modalities
+    module = RetrievalModule(
+        encoders=built.encoders,
+        fusion=built.fusion,
+        loss=built.loss,
+        modalities=modalities,
+        optimizer=recipe.optimizer.model_dump(),
+        frozen={m for m, e in recipe.encoders.items() if e.freeze and m in modalities},
+        extra_checkpoint={"xmcore_recipe": resolved},
+    )
+    datamodule = RetrievalDataModule(
+        built.data,
+        preprocessors={m: e.preprocessor for m, e in built.encoders.items()},
+        augment=built.augment,
+        batch_size=recipe.data.batch_size,
+        eval_batch_size=recipe.eval.batch_size,
+        num_workers=recipe.data.num_workers,
+        seed=recipe.seed,
+    )
+    has_val = "val" in built.data.splits
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor="val/loss" if has_val else "train/loss",
+        mode="min",
+        save_last=True,
+        enable_version_counter=False,
+    )
+    trainer_args = {k: v for k, v in recipe.trainer.model_dump().items() if v is not None}
+    trainer = pl.Trainer(
+        **trainer_args,
+        default_root_dir=run_dir,
+        logger=CSVLogger(run_dir, name="logs", version=""),
+        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")],
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+
+    best = checkpoint.best_model_path or None  # none under fast_dev_run
+    loaders = datamodule.item_dataloaders(recipe.eval.split)
+    predictions = trainer.predict(module, dataloaders=loaders, ckpt_path=best, return_predictions=True)
+    embeddings = {}
+    for modality, batches in zip(modalities, predictions):
+        index = torch.cat([i for i, _ in batches])
+        emb = torch.cat([e for _, e in batches]).float()
+        embeddings[modality] = emb[torch.argsort(index)]
+    rankings = rank_both_directions(embeddings, built.data.splits[recipe.eval.split])
+    metrics = compute_metrics(rankings, built.metrics)
+    write_json(run_dir / "metrics.json", metrics)
+    atomic_write_text(run_dir / "metrics.md", f"# {recipe.name}: {recipe.eval.split} split\n\n" + metrics_table(metrics))
+    return metrics

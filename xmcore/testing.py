@@ -1,0 +1,200 @@
+"""Test helpers for xmcore and for plugin authors (as pytest ships ``pytester``).
+
+* :func:`run_cli` runs the real ``xmcore`` command in a subprocess.
+* :func:`tiny_overrides` turns any recipe into a seconds-long run, using each
+  named component's ``test_params``.
+* ``check_<kind>`` functions are the contract every component of a kind must
+  meet; xmcore's own suite runs them over every registered component, and a
+  plugin author can call them on their own::
+
+      from xmcore.plugins import load_plugins
+      from xmcore.testing import check_fusion
+
+      def test_my_fusion():
+          check_fusion(load_plugins()["fusion"].get("my-fusion"))
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from xmcore.registry import BuildContext, Component
+
+TINY_TRAINER = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.log_every_n_steps=1",
+    "data.batch_size=8",
+    "data.num_workers=0",
+]
+
+
+def offline_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    env.update(extra or {})
+    return env
+
+
+def run_cli(*args: str, cwd: str | Path | None = None, env: Mapping[str, str] | None = None, timeout: float = 600):
+    """Run ``xmcore ARGS`` in a subprocess (the same interpreter); returns the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", "xmcore", *map(str, args)],
+        cwd=cwd,
+        env=offline_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def component_test_params(component: Component) -> dict[str, Any] | None:
+    """The component's small test parameters; ``None`` when it cannot be built offline here."""
+    tp = component.test_params
+    if callable(tp):
+        tp = tp()
+        return None if tp is None else dict(tp)
+    return dict(tp or {})
+
+
+def tiny_overrides(recipe_path: str | Path, plugins) -> list[str]:
+    """Overrides that make a recipe run in seconds: a tiny trainer plus each component's test params."""
+    from xmcore.recipe import load_recipe, validate
+
+    recipe = validate(load_recipe(recipe_path), plugins)
+    out = list(TINY_TRAINER)
+    for path, section in recipe.component_sections():
+        params = component_test_params(section.component) or {}
+        out += [f"{path}.{k}={_yaml_scalar(v)}" for k, v in params.items()]
+    return out
+
+
+def _yaml_scalar(value: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+# --------------------------------------------------------------------------- contracts
+
+
+def build(component: Component, ctx: BuildContext | None = None, **overrides: Any):
+    params = {**(component_test_params(component) or {}), **overrides}
+    return component.build(component.params.model_validate(params), ctx or BuildContext())
+
+
+def sample_items(modality: str, n: int = 3) -> list[Any]:
+    if modality == "image":
+        import numpy as np
+        from PIL import Image
+
+        rng = np.random.default_rng(0)
+        return [Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)) for _ in range(n)]
+    if modality == "text":
+        return ["a red circle left of a blue square", "a green triangle", ""][:n] + ["x"] * max(0, n - 3)
+    raise NotImplementedError(f"no sample items for modality '{modality}'")
+
+
+def check_encoder(component: Component, modality: str) -> None:
+    """Builds, preprocesses raw items, collates, encodes to ``output_dim``, and pickles its preprocessor."""
+    import pickle
+
+    import torch
+
+    items = sample_items(modality)
+    ctx = BuildContext(modality=modality, train_items=lambda: items)
+    encoder = build(component, ctx)
+    assert isinstance(encoder, torch.nn.Module)
+    assert isinstance(encoder.output_dim, int) and encoder.output_dim > 0
+    pre = pickle.loads(pickle.dumps(encoder.preprocessor))  # it must reach DataLoader workers
+    batch = pre.collate([pre(x) for x in items])
+    encoder.eval()
+    with torch.no_grad():
+        out = encoder(batch)
+    assert out.shape == (len(items), encoder.output_dim), out.shape
+    assert torch.isfinite(out).all()
+
+
+def check_fusion(component: Component) -> None:
+    """Maps each modality to the common width; gradients reach every projection."""
+    import torch
+
+    dims = {"image": 12, "text": 7}
+    fusion = build(component, BuildContext(input_dims=dims, dim=5))
+    torch.manual_seed(0)
+    emb = {m: fusion(torch.randn(4, d), m) for m, d in dims.items()}
+    for m, e in emb.items():
+        assert e.shape == (4, 5), (m, e.shape)
+    total = sum(e.square().sum() for e in emb.values())
+    aux, logs = fusion.auxiliary_loss({m: torch.nn.functional.normalize(e, dim=-1) for m, e in emb.items()}, 0.5)
+    if aux is not None:
+        assert aux.ndim == 0 and torch.isfinite(aux)
+        total = total + aux
+        assert all(torch.as_tensor(v).numel() == 1 for v in logs.values())
+    total.backward()
+    for name, p in fusion.named_parameters():
+        assert p.grad is not None, f"no gradient reaches {name}"
+
+
+def check_loss(component: Component) -> None:
+    """A scalar; lower for matching pairs than for shuffled ones; gradients flow."""
+    import torch
+
+    torch.manual_seed(0)
+    loss = build(component)
+    a = torch.nn.functional.normalize(torch.randn(8, 6), dim=-1).requires_grad_()
+    groups = torch.arange(8)
+    aligned = loss(a, a, groups)
+    shuffled = loss(a, a.roll(1, dims=0), groups)
+    assert aligned.ndim == 0 and torch.isfinite(aligned)
+    assert aligned < shuffled, (aligned, shuffled)
+    shuffled.backward()
+    assert a.grad is not None and torch.isfinite(a.grad).all()
+
+
+def check_metric(component: Component) -> None:
+    """Returns finite floats under ``<direction>/<metric>`` or bare global ids."""
+    import numpy as np
+
+    from xmcore.evaluation import Ranking
+
+    metric = build(component)
+    rankings = {"i2t": Ranking("i2t", np.array([1, 2, 7])), "t2i": Ranking("t2i", np.array([1, 1, 30, 4]))}
+    values = metric(rankings)
+    assert values, "a metric returns at least one value"
+    for key, value in values.items():
+        direction, sep, _ = key.partition("/")
+        assert not sep or direction in rankings, key
+        assert math.isfinite(float(value)), (key, value)
+
+
+def check_dataset(component: Component) -> None:
+    """Has a train split; every split pairs two modalities with valid owner indices."""
+    data = build(component)
+    assert "train" in data.splits
+    for name, split in data.splits.items():
+        first, second = split.modalities
+        assert len(split.items[first]) > 0 and len(split.items[second]) > 0, name
+        assert len(split.owner) == len(split.items[second])
+        assert 0 <= split.owner.min() and split.owner.max() < len(split.items[first])
+
+
+def check_augmentation(component: Component, modality: str) -> None:
+    """Returns an item of the same kind for each sample item."""
+    augment = build(component, BuildContext(modality=modality))
+    for item in sample_items(modality):
+        out = augment(item)
+        assert type(out) is type(item) or (modality == "image" and hasattr(out, "size")), type(out)
+
+
+def components(plugins, kind: str) -> Sequence[Component]:
+    return list(plugins[kind])
