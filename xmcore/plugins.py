@@ -114,13 +114,14 @@ def load_plugins(extra: Iterable[tuple[str, ModuleType | object]] = (), warn=Non
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         hooks = ", ".join(sorted(h for h in dir(hookspecs) if h.startswith("xmcore_")))
-        raise PluginError(f"plugin '{exc.plugin_name}': {exc}; xmcore's hooks are: {hooks}") from None
+        name = pm.get_name(exc.plugin) or repr(exc.plugin)
+        raise PluginError(f"plugin '{name}': {exc}; xmcore's hooks are: {hooks}") from None
 
     registries = {kind: Registry(kind) for kind in KINDS}
     for kind in KINDS:
         hook = getattr(pm.hook, _HOOK_FOR_KIND[kind])
         # Call the implementations one by one, rather than through hook(...),
         # so that every registration is attributed to the plugin that made it.
-        for impl in reversed(hook.get_hookimpls()):
+        for impl in hook.get_hookimpls():  # in registration order
             impl.function(register=registries[kind].register_for(impl.plugin_name))
     return Plugins(pm, registries, infos)

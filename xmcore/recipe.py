@@ -278,13 +278,12 @@ def validate(loaded: LoadedRecipe, plugins) -> Recipe:
     """Check the whole recipe against the schema and each named component's parameters."""
     src = loaded.source
     data = copy.deepcopy(loaded.data)
-    problems = _unknown_keys(data, Recipe, "")  # reported and removed, so the type checks below still run
+    problems = _unknown_keys(data, Recipe, "")  # reported and removed, so the checks below still run
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         problems += [_pydantic_problem(e) for e in exc.errors()]
-    if problems:
-        raise RecipeError([f"{src}: {p}" for p in problems])
+        raise RecipeError([f"{src}: {p}" for p in problems]) from None
 
     for path, section in recipe.component_sections():
         kind = _SECTION_KIND[type(section)]

@@ -114,7 +114,7 @@ class Registry:
                 other = self._components[name].plugin
                 raise PluginError(
                     f"{self.kind} '{name}' is registered twice: by plugin '{other}' and by plugin '{plugin}'; "
-                    f"uninstall one of them or disable it with XMCORE_DISABLE_PLUGINS={plugin}"
+                    f"uninstall one, or switch one off with XMCORE_DISABLE_PLUGINS={plugin}"
                 )
             doc = inspect.getdoc(build) or ""
             self._components[name] = Component(

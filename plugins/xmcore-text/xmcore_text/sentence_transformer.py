@@ -41,7 +41,8 @@ class SentenceTransformerEncoder(Encoder):
             ) from None
         if max_seq_length is not None:
             self.model.max_seq_length = max_seq_length
-        self.output_dim = int(self.model.get_sentence_embedding_dimension())
+        dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.output_dim = int(dimension())
         first = self.model[0]
         self.preprocessor = TokenizerPreprocessor(first.tokenizer, self.model.max_seq_length)
 

@@ -1,0 +1,41 @@
+"""The core never imports a plugin: plugins depend on xmcore, never the other way round."""
+
+import ast
+
+from conftest import ROOT
+
+
+def plugin_packages():
+    return {p.name for d in (ROOT / "plugins").iterdir() for p in d.iterdir() if (p / "__init__.py").is_file()}
+
+
+def imported_modules(path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+
+
+def test_core_never_imports_plugins():
+    forbidden = plugin_packages() | {"plugins"}
+    assert {"xmcore_fusion", "xmcore_vision", "xmcore_text"} <= forbidden
+    offenders = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in sorted((ROOT / "xmcore").rglob("*.py"))
+        for name in imported_modules(path)
+        if name.split(".")[0] in forbidden
+    ]
+    assert not offenders, offenders
+
+
+def test_each_plugin_is_its_own_distribution_with_an_entry_point():
+    import tomllib
+
+    for folder in sorted((ROOT / "plugins").iterdir()):
+        meta = tomllib.loads((folder / "pyproject.toml").read_text())
+        entry_points = meta["project"]["entry-points"]["xmcore"]
+        assert len(entry_points) == 1, folder
+        (module,) = entry_points.values()
+        assert module.startswith("xmcore_") and (folder / module / "__init__.py").is_file(), folder

@@ -1,0 +1,72 @@
+"""Every recipe in recipes/ runs through the real CLI at tiny size; fusion strategies swap by override."""
+
+import json
+
+import pytest
+
+from conftest import RECIPES
+from xmcore.testing import run_cli, tiny_overrides
+
+EXPECTED_IDS = [
+    "i2t/R@1", "i2t/R@5", "i2t/R@10", "i2t/medR", "i2t/meanR",
+    "t2i/R@1", "t2i/R@5", "t2i/R@10", "t2i/medR", "t2i/meanR",
+    "rsum",
+]
+
+
+def check_run_dir(run_dir, stdout):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert list(metrics) == EXPECTED_IDS
+    for key, value in metrics.items():
+        if "/R@" in key:
+            assert 0.0 <= value <= 1.0, (key, value)
+        elif "R" in key and "/" in key:
+            assert value >= 1.0, (key, value)
+    assert metrics["rsum"] == pytest.approx(sum(v for k, v in metrics.items() if "/R@" in k))
+    for name in ("recipe.yaml", "environment.json", "metrics.md", "logs/metrics.csv", "checkpoints/last.ckpt"):
+        assert (run_dir / name).is_file(), name
+    env = json.loads((run_dir / "environment.json").read_text())
+    assert env["packages"]["torch"] and env["packages"]["pytorch-lightning"] and env["xmcore"]
+    assert "| i2t |" in stdout and "| t2i |" in stdout
+    return metrics
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
+def test_recipe_runs_through_cli(recipe, plugins, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("run", recipe, *tiny_overrides(recipe, plugins), "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_run_dir(out, result.stdout)
+
+
+@pytest.mark.parametrize("fusion", ["linear", "nonlinear", "adversarial"])
+def test_fusion_swapped_by_override(fusion, plugins, tmp_path):
+    recipe = [r for r in RECIPES if r.stem == "quickstart"][0]
+    out = tmp_path / fusion
+    result = run_cli("run", recipe, *tiny_overrides(recipe, plugins), f"fusion.name={fusion}", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_run_dir(out, result.stdout)
+    resolved = (out / "recipe.yaml").read_text()
+    assert f"name: {fusion}" in resolved
+    header = (out / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
+    if fusion == "adversarial":  # the discriminator's loss and accuracy are logged
+        assert {"train/disc_loss", "train/disc_acc", "train/grl_lambda"} <= set(header)
+    else:
+        assert "train/disc_loss" not in header
+
+
+def test_default_run_directory_and_resume(plugins, tmp_path):
+    recipe = [r for r in RECIPES if r.stem == "quickstart"][0]
+    tiny = tiny_overrides(recipe, plugins)
+    first = run_cli("run", recipe, *tiny, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert run_dir.name.startswith("quickstart-")
+
+    again = run_cli("run", recipe, *tiny, "--out", run_dir)
+    assert again.returncode == 1 and "already exists" in again.stderr and "Traceback" not in again.stderr
+
+    resumed = run_cli("run", recipe, *tiny, "trainer.max_epochs=2", "--out", run_dir, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    epochs = {line.split(",")[0] for line in (run_dir / "logs" / "metrics.csv").read_text().splitlines()[1:]}
+    assert "1" in epochs  # training went on into a second epoch
