@@ -1,0 +1,91 @@
+"""Augmentations: applied to training items only, repeatable for a seed, each doing what it says."""
+
+import random
+
+import pytest
+import torch
+
+from xmcore.plugins import load_plugins
+from xmcore.registry import BuildContext
+from xmcore.testing import build, run_cli, sample_items, tiny_overrides
+from conftest import ROOT
+
+PLUGINS = load_plugins()
+IMAGE_AUGS = [c.name for c in PLUGINS["augmentation"] if c.accepts("image") and c.modalities]
+TEXT_AUGS = ["random-deletion", "random-swap", "random-insertion"]
+
+
+def seeded(fn, seed=0):
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return fn()
+
+
+@pytest.mark.parametrize("name", IMAGE_AUGS)
+def test_image_augmentation_is_repeatable_for_a_seed(name):
+    aug = build(PLUGINS["augmentation"].get(name), BuildContext(modality="image"), p=1.0)
+    image = sample_items("image", 1)[0]
+    first = seeded(lambda: aug(image))
+    again = seeded(lambda: aug(image))
+    assert first.size == image.size and first.mode == "RGB"
+    assert first.tobytes() == again.tobytes()
+    outputs = {seeded(lambda: aug(image), seed).tobytes() for seed in range(5)}
+    assert outputs - {image.tobytes()}  # p=1: it changes the image (RandAugment's own ops may each skip)
+
+
+def test_text_operations():
+    caption = "a red circle left of a blue square"
+    n = len(caption.split())
+    ops = {name: build(PLUGINS["augmentation"].get(name), BuildContext(modality="text"), p=1.0, alpha=0.25)
+           for name in TEXT_AUGS}
+    deleted = seeded(lambda: ops["random-deletion"](caption))
+    assert len(deleted.split()) == n - 2
+    swapped = seeded(lambda: ops["random-swap"](caption))
+    assert sorted(swapped.split()) == sorted(caption.split()) and swapped != caption
+    inserted = seeded(lambda: ops["random-insertion"](caption))
+    assert len(inserted.split()) == n + 2 and set(inserted.split()) == set(caption.split())
+    assert seeded(lambda: ops["random-swap"](caption)) == swapped
+    never = build(PLUGINS["augmentation"].get("random-deletion"), BuildContext(modality="text"), p=0.0)
+    assert never(caption) == caption
+
+
+def test_synonym_replacement_from_a_file(tmp_path):
+    (tmp_path / "syn.txt").write_text("circle ring disc\nsquare box\n")
+    aug = build(PLUGINS["augmentation"].get("synonym-replacement"), BuildContext(modality="text", base_dir=tmp_path),
+                synonyms="syn.txt", p=1.0, alpha=1.0)
+    out = seeded(lambda: aug("a red circle left of a blue square")).split()
+    assert out[2] in {"ring", "disc"} and out[7] == "box"
+    from xmcore.errors import XmcoreError
+
+    with pytest.raises(XmcoreError, match="does not exist"):
+        build(PLUGINS["augmentation"].get("synonym-replacement"), BuildContext(modality="text", base_dir=tmp_path),
+              synonyms="missing.txt")
+
+
+def test_augmentations_apply_to_training_pairs_only():
+    from xmcore.data import ItemDataset, PairDataset
+
+    data = build(PLUGINS["dataset"].get("shapes"))
+    split = data.splits["train"]
+    drop_all = lambda text: "DROPPED"  # noqa: E731
+    identity = {"image": lambda x: x, "text": lambda x: x}
+    train = PairDataset(split, identity, {"text": [drop_all]})
+    assert train[0]["text"] == "DROPPED"
+    assert ItemDataset(split.items["text"], identity["text"])[0]["item"] == split.items["text"][0]
+
+
+def test_recipe_with_augmentations_runs(plugins, tmp_path):
+    recipe = ROOT / "recipes" / "quickstart.yaml"
+    overrides = [
+        "augment.image=[{name: random-resized-crop, scale: [0.8, 1.0]}, {name: random-erasing, p: 0.3}]",
+        "augment.text=[{name: random-swap, p: 0.2}]",
+    ]
+    result = run_cli("run", recipe, *tiny_overrides(recipe, plugins), *overrides, "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "random-resized-crop" in (tmp_path / "run" / "recipe.yaml").read_text()
+
+
+def test_augmentation_for_the_wrong_modality_is_rejected():
+    result = run_cli("validate", ROOT / "recipes" / "quickstart.yaml", "augment.text=[{name: hflip}]")
+    assert result.returncode == 2
+    assert "augment.text.0.name: augmentation 'hflip' does not accept modality 'text'" in result.stderr
