@@ -33,3 +33,47 @@ def example_plugin_path(tmp_path_factory):
         env={**os.environ, "PIP_NO_INPUT": "1"},
     )
     return target
+
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (40, 70, 220), "yellow": (235, 200, 20)}
+
+
+def write_image(path, colour, size=24, fmt=None):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (size, size), COLOURS[colour]).save(path, format=fmt)
+    return path
+
+
+def write_truncated_jpeg(path):
+    write_image(path, "red", size=64, fmt="JPEG")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def write_karpathy(root, images_per_split=(6, 2, 3), broken=False):
+    """A Karpathy split file in exactly the published structure, with real images beside it."""
+    import json
+
+    entries = []
+    colours = list(COLOURS)
+    n = 0
+    for split, count in zip(("train", "val", "test"), images_per_split):
+        for _ in range(count):
+            colour = colours[n % len(colours)]
+            filename = f"{n:05d}.jpg"
+            write_image(root / "images" / "sub" / filename, colour, fmt="JPEG")
+            entries.append({
+                "filepath": "sub", "filename": filename, "imgid": n, "split": split if n != 1 else "restval",
+                "sentences": [{"raw": f"a {colour} square number {n}", "tokens": [], "imgid": n, "sentid": 5 * n + k}
+                              for k in range(5)],
+                "sentids": list(range(5 * n, 5 * n + 5)),
+            })
+            n += 1
+    if broken:
+        entries[0]["filename"] = "missing.jpg"
+    path = root / "dataset_flickr30k.json"
+    path.write_text(json.dumps({"images": entries, "dataset": "flickr30k"}))
+    return path

@@ -9,7 +9,10 @@ dataset of audio clips and captions has the same shape.
 
 from __future__ import annotations
 
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -21,9 +24,16 @@ class Split:
     items: dict[str, Sequence[Any]]  # modality -> raw items (PIL images, strings, ...)
     owner: np.ndarray  # owner[j]: index of the first-modality item that item j of the second belongs to
     labels: np.ndarray | None = None  # optional class id per owner item
+    relevance: str = "owner"  # "owner": a caption is relevant to its own image; "label": to every item of its class
 
     def __post_init__(self) -> None:
         self.owner = np.asarray(self.owner, dtype=np.int64)
+        if self.labels is not None:
+            self.labels = np.asarray(self.labels, dtype=np.int64)
+            if len(self.labels) != len(self.items[self.modalities[0]]):
+                raise ValueError("labels must have one entry per item of the first modality")
+        if self.relevance not in ("owner", "label") or (self.relevance == "label" and self.labels is None):
+            raise ValueError("relevance must be 'owner', or 'label' with labels given")
         first, second = self.modalities
         if set(self.items) != {first, second}:
             raise ValueError(f"split items must have exactly the modalities {self.modalities}, got {sorted(self.items)}")
@@ -38,7 +48,25 @@ class Split:
     def groups(self, modality: str) -> np.ndarray:
         """Relevance group of each item of ``modality``: an item is relevant to those of the same group."""
         first, second = self.modalities
+        if self.relevance == "label":
+            return self.labels if modality == first else self.labels[self.owner]
         return np.arange(len(self.items[first])) if modality == first else self.owner
+
+    def subset(self, keep_first: np.ndarray, keep_second: np.ndarray) -> "Split":
+        """The split restricted to the kept items (boolean masks), owners re-indexed."""
+        first, second = self.modalities
+        keep_second = keep_second & keep_first[self.owner]
+        new_index = np.cumsum(keep_first) - 1
+        return Split(
+            self.modalities,
+            {
+                first: [x for x, k in zip(self.items[first], keep_first) if k],
+                second: [x for x, k in zip(self.items[second], keep_second) if k],
+            },
+            new_index[self.owner[keep_second]],
+            None if self.labels is None else self.labels[keep_first],
+            self.relevance,
+        )
 
 
 @dataclass
@@ -55,6 +83,107 @@ class RetrievalData:
 Transform = Callable[[Any], Any]
 
 
+class LazyItem:
+    """An item whose content is read only when needed (in a DataLoader worker): ``load()`` returns it,
+    ``check()`` says why it cannot be used, or ``None``."""
+
+    def load(self) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def check(self) -> str | None:
+        try:
+            self.load()
+        except Exception as exc:  # noqa: BLE001
+            return f"unreadable ({type(exc).__name__}: {exc})"
+        return None
+
+
+@dataclass(frozen=True)
+class ImageFile(LazyItem):
+    """An image on disk."""
+
+    path: Path
+
+    def load(self):
+        from PIL import Image
+
+        with Image.open(self.path) as im:
+            return im.convert("RGB")
+
+    def check(self) -> str | None:
+        """Why the image cannot be used, or ``None``: a full decode, so truncated files are caught."""
+        if not self.path.is_file():
+            return "missing file"
+        try:
+            self.load()
+        except Exception as exc:  # noqa: BLE001 -- PIL raises many types for bad files
+            return f"unreadable image ({type(exc).__name__}: {exc})"
+        return None
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+def materialize(item: Any) -> Any:
+    """A lazy item becomes its content; anything else is already content."""
+    return item.load() if isinstance(item, LazyItem) else item
+
+
+def _text_problem(text: Any) -> str | None:
+    if not isinstance(text, str):
+        return f"caption is not text ({type(text).__name__})"
+    return "empty caption" if not text.strip() else None
+
+
+def clean_split(split: Split, workers: int = 8) -> tuple[Split, dict[str, Any]]:
+    """Drop unusable items -- missing or unreadable files, empty captions, images left without captions.
+
+    Returns the cleaned split and a report: items used and skipped per modality,
+    a count per reason, and every skipped item with its reason.
+    """
+    first, second = split.modalities
+    firsts, seconds = split.items[first], split.items[second]
+    checks = [x for x in firsts if isinstance(x, LazyItem)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # decoding releases the GIL
+        verdicts = dict(zip(map(id, checks), pool.map(lambda x: x.check(), checks)))
+    problems: list[dict[str, str]] = []
+    keep_first = np.ones(len(firsts), dtype=bool)
+    for i, item in enumerate(firsts):
+        reason = verdicts.get(id(item))
+        if reason:
+            keep_first[i] = False
+            problems.append({"modality": first, "item": str(item), "reason": reason})
+    keep_second = np.ones(len(seconds), dtype=bool)
+    for j, text in enumerate(seconds):
+        reason = _text_problem(text) if second == "text" else None
+        if reason:
+            keep_second[j] = False
+            problems.append({"modality": second, "item": f"{second} {j} of {firsts[split.owner[j]]}", "reason": reason})
+    has_caption = np.zeros(len(firsts), dtype=bool)
+    has_caption[split.owner[keep_second]] = True
+    for i in np.flatnonzero(keep_first & ~has_caption):
+        keep_first[i] = False
+        problems.append({"modality": first, "item": str(firsts[i]), "reason": f"no usable {second}"})
+    cleaned = split.subset(keep_first, keep_second)
+    reasons = Counter(p["reason"].split(" (")[0] for p in problems)
+    report = {
+        "used": {m: len(cleaned.items[m]) for m in split.modalities},
+        "skipped": {m: sum(p["modality"] == m for p in problems) for m in split.modalities},
+        "reasons": dict(reasons),
+        "problems": problems,
+    }
+    return cleaned, report
+
+
+def seeded_split(count: int, ratios: Sequence[float], seed: int) -> dict[str, np.ndarray]:
+    """Indices of ``count`` items split into train/val/test by ``ratios``, shuffled with ``seed``."""
+    order = np.random.default_rng(seed).permutation(count)
+    total = float(sum(ratios))
+    cuts = np.floor(np.cumsum(ratios)[:-1] / total * count).astype(int)
+    parts = np.split(order, cuts)
+    return {name: np.sort(idx) for name, idx in zip(("train", "val", "test"), parts) if len(idx)}
+
+
 class PairDataset:
     """Training pairs: one per second-modality item, with its owner (a caption and its image)."""
 
@@ -62,12 +191,13 @@ class PairDataset:
         self.split = split
         self.preprocess = preprocess
         self.augment = augment
+        self.groups = split.groups(split.modalities[0])
 
     def __len__(self) -> int:
         return len(self.split)
 
     def _item(self, modality: str, index: int) -> Any:
-        item = self.split.items[modality][index]
+        item = materialize(self.split.items[modality][index])
         for aug in self.augment.get(modality, ()):
             item = aug(item)
         return self.preprocess[modality](item)
@@ -75,7 +205,7 @@ class PairDataset:
     def __getitem__(self, j: int) -> dict[str, Any]:
         first, second = self.split.modalities
         i = int(self.split.owner[j])
-        return {first: self._item(first, i), second: self._item(second, j), "group": i}
+        return {first: self._item(first, i), second: self._item(second, j), "group": int(self.groups[i])}
 
 
 class ItemDataset:
@@ -89,4 +219,4 @@ class ItemDataset:
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"index": index, "item": self.preprocess(self.items[index])}
+        return {"index": index, "item": self.preprocess(materialize(self.items[index]))}

@@ -57,6 +57,7 @@ class ComponentSection(BaseModel):
 class DataSection(ComponentSection):
     batch_size: int = Field(64, gt=0, description="pairs per training batch (and items per evaluation batch)")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    strict: bool = Field(False, description="stop before training on any bad item, instead of skipping it")
 
 
 class EncoderSection(ComponentSection):

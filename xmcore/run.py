@@ -3,6 +3,7 @@
 The run directory holds::
 
     recipe.yaml        the resolved recipe (defaults filled, overrides applied)
+    data_report.json   per split: items used, items skipped and why
     environment.json   versions of xmcore, each plugin used, torch, Lightning, timm, ...
     logs/metrics.csv   losses and values logged during training (Lightning's CSVLogger)
     checkpoints/       best.ckpt (lowest validation loss) and last.ckpt
@@ -13,7 +14,9 @@ The run directory holds::
 from __future__ import annotations
 
 import platform
+import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -41,12 +44,10 @@ class Built:
     metrics: list[Any]
 
 
-def build_components(recipe: Recipe, base_dir: Path) -> Built:
+def build_components(recipe: Recipe, base_dir: Path, run_dir: Path | None = None) -> Built:
     """Build the components in order: data, augmentations, encoders, fusion, loss, metrics."""
     seed = recipe.seed
-    section = recipe.data
-    data = section.component.build(section.params, BuildContext(seed=seed, base_dir=base_dir))
-    _check_data(recipe, data)
+    data = build_data(recipe, base_dir, run_dir)
 
     augment = {
         m: [a.component.build(a.params, BuildContext(seed=seed, base_dir=base_dir, modality=m)) for a in sections]
@@ -67,15 +68,43 @@ def build_components(recipe: Recipe, base_dir: Path) -> Built:
     return Built(data, encoders, augment, fusion, loss, metrics)
 
 
-def _check_data(recipe: Recipe, data) -> None:
-    name = recipe.data.name
+def build_data(recipe: Recipe, base_dir: Path, run_dir: Path | None = None):
+    """The dataset, cleaned of unusable items (or refused, with ``data.strict``); the report goes to the run dir."""
+    from xmcore.data import clean_split
+
+    section = recipe.data
+    data = section.component.build(section.params, BuildContext(seed=recipe.seed, base_dir=base_dir))
+    source = f"dataset '{section.name}'" + (f" ({data.description})" if data.description else "")
+    reports = {}
+    for name, split in list(data.splits.items()):
+        data.splits[name], reports[name] = clean_split(split)
+    problems = [(name, p) for name, r in reports.items() for p in r["problems"]]
+    if run_dir is not None:
+        write_json(run_dir / "data_report.json", {"source": source, "strict": section.strict, "splits": reports})
+    if problems and section.strict:
+        lines = [f"  {name}: {p['item']}: {p['reason']}" for name, p in problems[:20]]
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise XmcoreError(
+            f"{source}: {len(problems)} bad items and data.strict is true:\n" + "\n".join(lines) + more
+            + "\nfix or remove them, or set data.strict=false to skip them"
+        )
+    if problems:
+        counts = ", ".join(f"{n} {r}" for r, n in sum((Counter(r["reasons"]) for r in reports.values()), Counter()).items())
+        first = "; ".join(f"{p['item']} ({p['reason']})" for _, p in problems[:3])
+        print(f"warning: {source}: skipped {len(problems)} bad items ({counts}); first: {first}", file=sys.stderr)
+    _check_data(recipe, data, source)
+    return data
+
+
+def _check_data(recipe: Recipe, data, source: str) -> None:
     missing = [s for s in ("train", recipe.eval.split) if s not in data.splits]
     if missing:
-        raise XmcoreError(f"dataset '{name}' has no split {', '.join(map(repr, missing))}; it has: {', '.join(data.splits)}")
+        raise XmcoreError(f"{source} has no split {', '.join(map(repr, missing))}; it has: {', '.join(data.splits)}")
     for split_name, split in data.splits.items():
         for m in split.modalities:
             if len(split.items[m]) == 0:
-                raise XmcoreError(f"dataset '{name}': split '{split_name}' has no {m} items")
+                raise XmcoreError(f"{source}: split '{split_name}' has no usable {m} items")
+    name = recipe.data.name
     lacking = [m for m in data.modalities if m not in recipe.encoders]
     if lacking:
         raise XmcoreError(
@@ -142,7 +171,7 @@ def train_and_evaluate(recipe: Recipe, plugins: Plugins, base_dir: Path, run_dir
     write_json(run_dir / "environment.json", environment(recipe, plugins))
 
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
-    built = build_components(recipe, base_dir)
+    built = build_components(recipe, base_dir, run_dir)
     modalities = built.data.modalities
     module = RetrievalModule(
         encoders=built.encoders,

@@ -78,7 +78,7 @@ def build_synonyms(params: SynonymParams, ctx: xmcore.BuildContext):
     """Replace words with a synonym from a user-supplied synonyms file."""
     from xmcore_augment import text
 
-    table = text.read_synonyms(ctx.base_dir / params.synonyms)
+    table = text.read_synonyms(ctx.path(params.synonyms))
     return text.WordOp(text.SynonymReplacement(table), params.alpha, params.p)
 
 

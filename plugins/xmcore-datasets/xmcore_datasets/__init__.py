@@ -1,8 +1,8 @@
-"""Dataset plugins."""
+"""Dataset plugins: generated ``shapes``, and ``csv``, ``jsonl``, ``karpathy``, ``imagefolder`` files."""
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 import xmcore
 
@@ -39,6 +39,73 @@ class ShapesParams(xmcore.Params):
         return self
 
 
+Ratios = tuple[float, float, float]
+RATIOS_HELP = "train/val/test shares for a seeded split when the data has no split of its own"
+
+
+class ManifestParams(xmcore.Params):
+    path: str = Field(description="the manifest file; relative to the recipe; image paths in it are relative to it")
+    image_column: str = Field("filepath", description="column with the image path (open_clip's default)")
+    caption_column: str = Field("title", description="column with the caption (open_clip's default)")
+    label_column: str | None = Field(None, description="optional column with a class label")
+    split_column: str | None = Field(None, description="optional column with train/val/test")
+    split_ratios: Ratios = Field((0.8, 0.1, 0.1), description=RATIOS_HELP)
+    seed: int = Field(0, description="seed of the split when the data has none")
+
+
+class CSVParams(ManifestParams):
+    separator: str = Field("\t", description="field separator (open_clip's default: tab)")
+
+
+class KarpathyParams(xmcore.Params):
+    annotations: str = Field(description="dataset_flickr30k.json / dataset_coco.json / dataset_flickr8k.json")
+    image_root: str = Field(description="folder the images' [filepath/]filename resolve against")
+    restval_to_train: bool = Field(True, description="train on the 'restval' images too (the usual COCO practice)")
+
+
+class ImageFolderParams(xmcore.Params):
+    root: str = Field(description="ROOT/<class>/<image>, or ROOT/<split>/<class>/<image> with train/val/test")
+    templates: list[str] = Field(["a photo of a {label}"], min_length=1, description="caption templates; {label} is the class")
+    split_ratios: Ratios = Field((0.8, 0.1, 0.1), description=RATIOS_HELP)
+    seed: int = Field(0, description="seed of the split when the folders have none")
+
+    @field_validator("templates")
+    @classmethod
+    def _has_label(cls, templates: list[str]) -> list[str]:
+        bad = [t for t in templates if "{label}" not in t]
+        if bad:
+            raise ValueError(f"every template needs {{label}}; these have none: {bad}")
+        return templates
+
+
+def build_csv(params: CSVParams, ctx: xmcore.BuildContext):
+    """open_clip's CSV/TSV manifest: image path and caption columns; rows of one image are grouped."""
+    from xmcore_datasets.files import read_csv
+
+    return read_csv(params, ctx)
+
+
+def build_jsonl(params: ManifestParams, ctx: xmcore.BuildContext):
+    """One JSON object per line with an image path and a caption (the csv plugin's fields)."""
+    from xmcore_datasets.files import read_jsonl
+
+    return read_jsonl(params, ctx)
+
+
+def build_karpathy(params: KarpathyParams, ctx: xmcore.BuildContext):
+    """Karpathy split files of Flickr8k/Flickr30k/COCO (images[] with filename, split, sentences[].raw)."""
+    from xmcore_datasets.files import read_karpathy
+
+    return read_karpathy(params, ctx)
+
+
+def build_imagefolder(params: ImageFolderParams, ctx: xmcore.BuildContext):
+    """Class sub-folders; classes become captions through templates; relevance is by class."""
+    from xmcore_datasets.files import read_imagefolder
+
+    return read_imagefolder(params, ctx)
+
+
 def build_shapes(params: ShapesParams, ctx: xmcore.BuildContext):
     """Generated images of coloured shapes with paraphrased captions; deterministic, no download."""
     from xmcore_datasets.shapes import generate
@@ -54,3 +121,8 @@ def xmcore_register_datasets(register):
         params=ShapesParams,
         test_params={"train": 16, "val": 4, "test": 8, "image_size": 32},
     )
+    # These read the user's files: the tests write fixtures in each real format (tests/test_datasets.py).
+    register("csv", build_csv, params=CSVParams, test_params=lambda: None)
+    register("jsonl", build_jsonl, params=ManifestParams, test_params=lambda: None)
+    register("karpathy", build_karpathy, params=KarpathyParams, test_params=lambda: None)
+    register("imagefolder", build_imagefolder, params=ImageFolderParams, test_params=lambda: None)

@@ -28,7 +28,8 @@ class LSTMParams(xmcore.Params):
 class SentenceTransformerParams(xmcore.Params):
     model: str = Field(
         "sentence-transformers/all-MiniLM-L6-v2",
-        description="a local model folder, or a hub name (loaded from the local hub cache when offline)",
+        description="a local model folder (relative to the recipe, or pkg://package/path), or a hub name "
+        "(from the local hub cache when offline)",
     )
     max_seq_length: int | None = Field(None, gt=0, description="truncate inputs to this many tokens")
 
@@ -38,7 +39,7 @@ def build_lstm(params: LSTMParams, ctx: xmcore.BuildContext):
     from xmcore_text.lstm import LSTMEncoder, Vocabulary
 
     vocab = Vocabulary.build(ctx.train_items(), min_freq=params.min_freq)
-    vectors = str((ctx.base_dir / params.word_vectors).resolve()) if params.word_vectors else None
+    vectors = str(ctx.path(params.word_vectors)) if params.word_vectors else None
     return LSTMEncoder(
         vocab,
         embed_dim=params.embed_dim,
@@ -57,9 +58,9 @@ def build_sentence_transformer(params: SentenceTransformerParams, ctx: xmcore.Bu
     from xmcore_text.sentence_transformer import SentenceTransformerEncoder
 
     model = params.model
-    local = ctx.base_dir / model
-    if local.is_dir():
-        model = str(local.resolve())
+    local = ctx.path(model)
+    if model.startswith("pkg://") or local.is_dir():
+        model = str(local)
     return SentenceTransformerEncoder(model, max_seq_length=params.max_seq_length)
 
 

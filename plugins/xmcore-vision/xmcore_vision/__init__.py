@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 import xmcore
@@ -11,7 +13,13 @@ class TimmParams(xmcore.Params):
     model_name: str = Field("resnet18", description="timm model name (timm.list_models() lists them)")
     pretrained: bool = Field(False, description="load timm's pretrained weights from the Hugging Face hub (needs network)")
     checkpoint: str | None = Field(
-        None, description="local weights file (.pth/.pt/.bin/.safetensors) to load strictly; relative to the recipe"
+        None,
+        description="local weights file (.pth/.pt/.bin/.safetensors) loaded strictly; relative to the recipe, or pkg://package/path",
+    )
+    checkpoint_keys: Literal["names", "order"] = Field(
+        "names",
+        description="match checkpoint tensors to the model by name, or by position (same count and shapes, e.g. "
+        "ports of TF EfficientNet-Lite weights whose names differ)",
     )
     img_size: int | None = Field(None, gt=0, description="input size; default: the model's own data config")
     crop_pct: float | None = Field(None, gt=0, le=1, description="centre-crop fraction at evaluation; default: the model's")
@@ -22,13 +30,12 @@ def build_timm(params: TimmParams, ctx: xmcore.BuildContext):
     """Any timm model, classifier removed; its pooled features feed the fusion."""
     from xmcore_vision.timm_encoder import TimmEncoder
 
-    checkpoint = params.checkpoint
-    if checkpoint is not None:
-        checkpoint = str((ctx.base_dir / checkpoint).resolve())
+    checkpoint = str(ctx.path(params.checkpoint)) if params.checkpoint else None
     return TimmEncoder(
         params.model_name,
         pretrained=params.pretrained,
         checkpoint=checkpoint,
+        checkpoint_keys=params.checkpoint_keys,
         img_size=params.img_size,
         crop_pct=params.crop_pct,
         model_kwargs=params.model_kwargs,

@@ -51,6 +51,7 @@ class TimmEncoder(Encoder):
         model_name: str,
         pretrained: bool = False,
         checkpoint: str | None = None,
+        checkpoint_keys: str = "names",
         img_size: int | None = None,
         crop_pct: float | None = None,
         model_kwargs: dict | None = None,
@@ -68,7 +69,10 @@ class TimmEncoder(Encoder):
                 ) from None
             raise
         if checkpoint is not None:
-            self._load_checkpoint(checkpoint)
+            state = load_weights_file(checkpoint)
+            if checkpoint_keys == "order":
+                state = _rename_by_order(state, model_name, kwargs, checkpoint)
+            self._load_state(state, checkpoint)
         self.output_dim = int(self.model.num_features)
 
         config = resolve_data_config(model=self.model)
@@ -79,8 +83,7 @@ class TimmEncoder(Encoder):
         self.data_config = config
         self.preprocessor = ImagePreprocessor(create_transform(**config, is_training=False))
 
-    def _load_checkpoint(self, path: str) -> None:
-        state = load_weights_file(path)
+    def _load_state(self, state: dict[str, torch.Tensor], path: str) -> None:
         # The classifier was removed (num_classes=0): its weights are expected in the file, not in the model.
         heads = tuple(f"{n}." for n in _classifier_names(self.model))
         state = {k: v for k, v in state.items() if not k.startswith(heads)}
@@ -94,6 +97,30 @@ class TimmEncoder(Encoder):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
+
+
+def _rename_by_order(state: dict[str, torch.Tensor], model_name: str, kwargs: dict, path: str) -> dict[str, torch.Tensor]:
+    """Give the file's tensors the names of the full timm model's tensors, position by position.
+
+    The full model (classifier included) is built only for its key order; every
+    count and shape must agree, or loading fails naming the first mismatch.
+    """
+    classes = next((v.shape[0] for k, v in reversed(list(state.items())) if v.ndim == 2), 1000)
+    reference = timm.create_model(model_name, pretrained=False, num_classes=classes, **kwargs).state_dict()
+    if len(reference) != len(state):
+        raise XmcoreError(
+            f"encoders.image.checkpoint: {path} has {len(state)} tensors, timm's {model_name} {len(reference)}; "
+            "checkpoint_keys=order needs the same architecture"
+        )
+    renamed = {}
+    for (theirs, tensor), (ours, expected) in zip(state.items(), reference.items()):
+        if tuple(tensor.shape) != tuple(expected.shape):
+            raise XmcoreError(
+                f"encoders.image.checkpoint: {path}: tensor '{theirs}' {tuple(tensor.shape)} does not fit "
+                f"'{ours}' {tuple(expected.shape)} of timm's {model_name} at the same position"
+            )
+        renamed[ours] = tensor
+    return renamed
 
 
 def _classifier_names(model) -> set[str]:
