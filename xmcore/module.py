@@ -32,6 +32,7 @@ class RetrievalModule(pl.LightningModule):
         modalities: tuple[str, str],
         optimizer: Mapping[str, Any],
         frozen: set[str] = frozenset(),
+        precomputed: set[str] = frozenset(),
         extra_checkpoint: Mapping[str, Any] | None = None,
     ):
         super().__init__()
@@ -41,9 +42,11 @@ class RetrievalModule(pl.LightningModule):
         self.modalities = modalities
         self.optimizer_cfg = dict(optimizer)
         self.frozen = set(frozen)
+        self.precomputed = set(precomputed)  # modalities whose batches already hold the frozen encoder's features
         self.extra_checkpoint = dict(extra_checkpoint or {})
         for name in self.frozen:
             self.encoders[name].requires_grad_(False)
+        self.train()  # Lightning restores each submodule's mode around evaluation, so set it right from the start
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -54,6 +57,8 @@ class RetrievalModule(pl.LightningModule):
     # ------------------------------------------------------------------ forward
 
     def features(self, modality: str, batch: Any) -> torch.Tensor:
+        if modality in self.precomputed:
+            return batch
         if modality in self.frozen:
             with torch.no_grad():
                 return self.encoders[modality](batch)

@@ -163,6 +163,7 @@ def train_and_evaluate(recipe: Recipe, plugins: Plugins, base_dir: Path, run_dir
     from pytorch_lightning.loggers import CSVLogger
 
     from xmcore.datamodule import RetrievalDataModule
+    from xmcore.features import FeaturePassThrough, cacheable_modalities, precompute
     from xmcore.module import RetrievalModule
 
     resume_from = prepare_run_dir(run_dir, resume)
@@ -173,18 +174,25 @@ def train_and_evaluate(recipe: Recipe, plugins: Plugins, base_dir: Path, run_dir
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
     built = build_components(recipe, base_dir, run_dir)
     modalities = built.data.modalities
+    frozen = {m for m, e in recipe.encoders.items() if e.freeze and m in modalities}
+    precomputed = cacheable_modalities(frozen, built.augment)
+    if precomputed:
+        print(f"encoding {', '.join(sorted(precomputed))} once with the frozen encoder", file=sys.stderr, flush=True)
+        precompute(built.data, built.encoders, precomputed, recipe.eval.batch_size, recipe.data.num_workers)
+    preprocessors = {m: FeaturePassThrough() if m in precomputed else e.preprocessor for m, e in built.encoders.items()}
     module = RetrievalModule(
         encoders=built.encoders,
         fusion=built.fusion,
         loss=built.loss,
         modalities=modalities,
         optimizer=recipe.optimizer.model_dump(),
-        frozen={m for m, e in recipe.encoders.items() if e.freeze and m in modalities},
+        frozen=frozen,
+        precomputed=precomputed,
         extra_checkpoint={"xmcore_recipe": resolved},
     )
     datamodule = RetrievalDataModule(
         built.data,
-        preprocessors={m: e.preprocessor for m, e in built.encoders.items()},
+        preprocessors=preprocessors,
         augment=built.augment,
         batch_size=recipe.data.batch_size,
         eval_batch_size=recipe.eval.batch_size,

@@ -1,0 +1,43 @@
+"""Frozen encoders stay frozen (weights and BatchNorm statistics); their features are computed once."""
+
+import torch
+
+from conftest import ROOT
+from xmcore.plugins import load_plugins
+from xmcore.recipe import load_recipe, validate
+from xmcore.testing import TINY_TRAINER, tiny_overrides
+
+
+def fit(tmp_path, overrides):
+    from xmcore.run import train_and_evaluate
+
+    plugins = load_plugins()
+    recipe_path = ROOT / "recipes" / "quickstart.yaml"
+    loaded = load_recipe(recipe_path, tiny_overrides(recipe_path, plugins) + overrides)
+    recipe = validate(loaded, plugins)
+    return train_and_evaluate(recipe, plugins, loaded.base_dir, tmp_path / "run")
+
+
+def checkpoint_state(tmp_path):
+    return torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_frozen_encoder_is_unchanged_by_training(tmp_path):
+    # The image modality is augmented, so its encoder runs every step (no precomputed features).
+    torch.manual_seed(0)
+    metrics = fit(tmp_path, ["encoders.image.freeze=true", "augment.image=[{name: random-resized-crop}]",
+                             "trainer.limit_train_batches=3"])
+    assert "i2t/R@1" in metrics
+    state = checkpoint_state(tmp_path)
+    # A fresh BatchNorm starts with zero running means; a frozen encoder must never update them.
+    bn = [k for k in state if k.startswith("encoders.image.") and k.endswith("running_mean")]
+    assert bn, "expected BatchNorm statistics in the image encoder"
+    assert all(torch.equal(state[k], torch.zeros_like(state[k])) for k in bn), "BatchNorm statistics moved"
+
+
+def test_frozen_unaugmented_modality_is_encoded_once(tmp_path, capfd):
+    metrics = fit(tmp_path, ["encoders.image.freeze=true"])
+    assert metrics["i2t/R@1"] >= 0
+    assert "encoding image once with the frozen encoder" in capfd.readouterr().err
+    state = checkpoint_state(tmp_path)
+    assert any(k.startswith("encoders.image.") for k in state)  # the checkpoint stays self-contained

@@ -1,0 +1,60 @@
+"""Features of frozen encoders, computed once per item instead of once per pair and epoch.
+
+When an encoder is frozen and its modality has no training augmentation, its
+output for an item never changes, so the run encodes every item of every split
+once and trains the fusion on those features.  (A persistent on-disk cache keyed
+by encoder, preprocessing and data plugs in here.)
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch.utils.data import DataLoader
+
+from xmcore.components import Encoder, Preprocessor
+from xmcore.data import ItemDataset, RetrievalData
+from xmcore.datamodule import ItemCollate
+
+
+def cacheable_modalities(frozen: set[str], augment: Mapping[str, list]) -> set[str]:
+    return {m for m in frozen if not augment.get(m)}
+
+
+@torch.no_grad()
+def encode_items(encoder: Encoder, items, batch_size: int, num_workers: int = 0, device: str = "cpu") -> torch.Tensor:
+    loader = DataLoader(
+        ItemDataset(items, encoder.preprocessor),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=ItemCollate(encoder.preprocessor),
+    )
+    was_training = encoder.training
+    encoder.eval().to(device)
+    out = []
+    for batch in loader:
+        item = batch["item"]
+        item = {k: v.to(device) for k, v in item.items()} if isinstance(item, dict) else item.to(device)
+        out.append(encoder(item).float().cpu())
+    encoder.train(was_training)
+    return torch.cat(out)
+
+
+class FeatureRows(list):
+    """Precomputed feature rows standing in for a split's items (one tensor per item)."""
+
+
+def precompute(
+    data: RetrievalData, encoders: Mapping[str, Encoder], modalities: set[str], batch_size: int, num_workers: int = 0
+) -> None:
+    """Replace the items of ``modalities`` in every split with their (frozen) encoder features."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for name, split in data.splits.items():
+        for m in sorted(modalities):
+            feats = encode_items(encoders[m], split.items[m], batch_size, num_workers, device)
+            split.items[m] = FeatureRows(feats.unbind(0))
+
+
+class FeaturePassThrough(Preprocessor):
+    """Preprocessing for a precomputed modality: rows are already features; stack them."""
