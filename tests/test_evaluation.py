@@ -52,6 +52,14 @@ def test_chunking_does_not_change_results():
     assert np.array_equal(full, first_relevant_ranks(q, gal, qg, gg, chunk_size=7))
 
 
+def test_non_finite_embeddings_are_an_error_not_a_perfect_score():
+    from xmcore.evaluation import NonFiniteEmbeddings
+
+    nan = torch.full((2, 2), float("nan"))
+    with pytest.raises(NonFiniteEmbeddings):
+        first_relevant_ranks(nan, unit([1, 0], [0, 1]), torch.tensor([0, 1]), torch.tensor([0, 1]))
+
+
 def test_query_without_relevant_item_is_an_error():
     with pytest.raises(ValueError, match="no relevant item"):
         first_relevant_ranks(unit([1, 0]), unit([1, 0]), torch.tensor([1]), torch.tensor([2]))

@@ -12,13 +12,13 @@ from xmcore.errors import PluginError
 from xmcore.plugins import load_plugins
 from xmcore.testing import run_cli, tiny_overrides
 
-FIRST_PARTY = {"datasets", "vision", "text", "fusion", "losses", "metrics"}
+FIRST_PARTY = {f"xmcore-{n}" for n in ("datasets", "vision", "text", "fusion", "losses", "metrics", "augment")}
 
 
 def test_first_party_plugins_arrive_through_entry_points(plugins):
     assert FIRST_PARTY <= set(plugins.infos)
-    assert plugins["fusion"].get("linear").plugin == "fusion"
-    assert plugins["encoder"].get("timm").plugin == "vision"
+    assert plugins["fusion"].get("linear").plugin == "xmcore-fusion"
+    assert plugins["encoder"].get("timm").plugin == "xmcore-vision"
     assert {"lstm", "sentence-transformers", "timm"} <= set(plugins["encoder"].names())
     assert {"infonce", "triplet"} <= set(plugins["loss"].names())
 
@@ -27,11 +27,11 @@ def test_plugins_command_lists_components_with_params():
     result = run_cli("plugins")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "xmcore-fusion 0.1.0  (entry point 'fusion')" in out
+    assert "xmcore-fusion 0.1.0\n" in out
     assert "  fusion adversarial:" in out and "disc_weight: float = 1.0" in out
     assert "  encoder timm [image]:" in out
     data = json.loads(run_cli("plugins", "--json").stdout)
-    fusion = next(p for p in data if p["name"] == "fusion")
+    fusion = next(p for p in data if p["name"] == "xmcore-fusion")
     names = [c["name"] for c in fusion["components"]["fusion"]]
     assert names == ["adversarial", "linear", "nonlinear"]
     hidden = next(p for p in fusion["components"]["fusion"][2]["params"] if p["name"] == "hidden")
@@ -58,9 +58,9 @@ def test_third_party_package_is_picked_up_and_used_by_name(example_plugin_path, 
 
 
 def test_disable_env_var(monkeypatch):
-    monkeypatch.setenv("XMCORE_DISABLE_PLUGINS", "fusion, xmcore-losses")
+    monkeypatch.setenv("XMCORE_DISABLE_PLUGINS", "xmcore-fusion, xmcore-losses")
     loaded = load_plugins()
-    assert "fusion" not in loaded.infos and "losses" not in loaded.infos
+    assert "xmcore-fusion" not in loaded.infos and "xmcore-losses" not in loaded.infos
     assert len(loaded["fusion"]) == 0 and len(loaded["loss"]) == 0
     assert "timm" in loaded["encoder"]
 
@@ -87,7 +87,7 @@ def test_duplicate_name_names_both_plugins():
 
     with pytest.raises(PluginError) as err:
         load_plugins(extra=[("copycat", _plugin(xmcore_register_fusions=register_linear))])
-    assert "fusion 'linear' is registered twice: by plugin 'fusion' and by plugin 'copycat'" in str(err.value)
+    assert "fusion 'linear' is registered twice: by plugin 'xmcore-fusion' and by plugin 'copycat'" in str(err.value)
 
 
 def test_misspelled_hook_fails_at_startup():

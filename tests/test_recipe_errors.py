@@ -34,6 +34,11 @@ def validate(*args, recipe=QUICKSTART):
         (["eval.metrics.0.k=[0]"], "eval.metrics.0.k: expected a non-empty list of positive integers"),
         (["no_equals_sign"], "override 'no_equals_sign': expected KEY=VALUE"),
         (["seed.x=1"], "override 'seed.x=1': 'seed' is an integer (0), not a section"),
+        (["encoders.audio.name=lstm"], "encoders.audio: dataset 'shapes' provides image, text, not audio: remove it"),
+        (["encoders.text=null"], "encoders.text: expected a section (a mapping of keys), got null"),
+        (["trainer.devices=abc"], "trainer.devices: expected a count"),
+        (["trainer.precision=bogus"], "trainer.precision: expected one of 64, 64-true"),
+        (["name=../x"], "name: string should match pattern"),
     ],
 )
 def test_bad_override_is_reported(overrides, expected):
@@ -72,6 +77,10 @@ def test_bad_files(tmp_path):
     assert result.returncode == 2
     assert "incomplete.yaml: fusion: required key is missing" in result.stderr
     assert "incomplete.yaml: loss: required key is missing" in result.stderr
+    incomplete.write_text(incomplete.read_text() + "fusion: {name: linear}\nloss: {name: infonce}\n")
+    result = validate(recipe=incomplete)
+    assert result.returncode == 2
+    assert "encoders.text: missing; dataset 'shapes' provides image, text: add encoders.text.name: ..." in result.stderr
 
 
 def test_yaml_is_loaded_safely(tmp_path):
@@ -95,7 +104,10 @@ def test_replacing_a_component_drops_its_params_out_loud(tmp_path):
     recipe.write_text(QUICKSTART.read_text().replace("name: nonlinear", "name: nonlinear\n  hidden: 64"))
     result = validate("fusion.name=linear", recipe=recipe)
     assert result.returncode == 0, result.stderr
-    assert "note: fusion.hidden dropped: not a parameter of fusion 'linear'" in result.stdout
+    assert "note: fusion.hidden dropped: not a parameter of fusion 'linear'" in result.stderr
+    # a key typed on the command line is never dropped
+    typed = validate("fusion.name=linear", "fusion.hidden=64")
+    assert typed.returncode == 2 and "fusion.hidden: unknown parameter of fusion 'linear'" in typed.stderr
     # without an override that changes the name, the same key is an error
     result = validate(recipe=tmp_path / "r.yaml")
     assert result.returncode == 0

@@ -14,7 +14,7 @@ EXPECTED_IDS = [
 ]
 
 
-def check_run_dir(run_dir, stdout):
+def check_run_dir(run_dir, stdout, checkpoints=True):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert list(metrics) == EXPECTED_IDS
     for key, value in metrics.items():
@@ -23,8 +23,11 @@ def check_run_dir(run_dir, stdout):
         elif "R" in key and "/" in key:
             assert value >= 1.0, (key, value)
     assert metrics["rsum"] == pytest.approx(sum(v for k, v in metrics.items() if "/R@" in k))
-    for name in ("recipe.yaml", "environment.json", "metrics.md", "logs/metrics.csv", "checkpoints/last.ckpt"):
+    for name in ("recipe.yaml", "environment.json", "data_report.json", "metrics.md"):
         assert (run_dir / name).is_file(), name
+    if checkpoints:  # fast_dev_run writes neither checkpoints nor logs
+        assert (run_dir / "logs" / "metrics.csv").is_file()
+        assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "checkpoints" / "best.ckpt").is_file()
     env = json.loads((run_dir / "environment.json").read_text())
     assert env["packages"]["torch"] and env["packages"]["pytorch-lightning"] and env["xmcore"]
     assert "| i2t |" in stdout and "| t2i |" in stdout
@@ -64,9 +67,48 @@ def test_default_run_directory_and_resume(plugins, tmp_path):
     assert run_dir.name.startswith("quickstart-")
 
     again = run_cli("run", recipe, *tiny, "--out", run_dir)
-    assert again.returncode == 1 and "already exists" in again.stderr and "Traceback" not in again.stderr
+    assert again.returncode == 1 and "already holds a trained run" in again.stderr and "Traceback" not in again.stderr
+
+    changed = run_cli("run", recipe, *tiny, "fusion.name=linear", "--out", run_dir, "--resume")
+    assert changed.returncode == 1 and "Traceback" not in changed.stderr
+    assert "the recipe differs from the run's" in changed.stderr and "fusion" in changed.stderr
 
     resumed = run_cli("run", recipe, *tiny, "trainer.max_epochs=2", "--out", run_dir, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     epochs = {line.split(",")[0] for line in (run_dir / "logs" / "metrics.csv").read_text().splitlines()[1:]}
     assert "1" in epochs  # training went on into a second epoch
+    assert (run_dir / "logs" / "metrics.part1.csv").is_file()  # the first part's log is kept
+
+
+def test_fast_dev_run_still_evaluates_the_whole_split(plugins, tmp_path):
+    recipe = [r for r in RECIPES if r.stem == "quickstart"][0]
+    out = tmp_path / "run"
+    result = run_cli("run", recipe, *tiny_overrides(recipe, plugins), "trainer.fast_dev_run=true",
+                     "eval.batch_size=4", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_run_dir(out, result.stdout, checkpoints=False)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["trainer.accelerator=tpu"], "trainer: Lightning refused the trainer section"),
+        (["--out", "/etc/passwd"], "--out /etc/passwd: cannot use it as a run directory"),
+        (["trainer.max_epochs=-1", "trainer.max_steps=-1"], "optimizer.schedule: a cosine schedule"),
+    ],
+)
+def test_run_time_errors_are_clear(args, message, plugins, tmp_path):
+    recipe = [r for r in RECIPES if r.stem == "quickstart"][0]
+    out = [] if "--out" in args else ["--out", str(tmp_path / "run")]
+    result = run_cli("run", recipe, *tiny_overrides(recipe, plugins), *args, *out)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert message in result.stderr
+
+
+def test_a_failed_run_directory_can_be_reused(plugins, tmp_path):
+    recipe = [r for r in RECIPES if r.stem == "quickstart"][0]
+    out = tmp_path / "run"
+    failed = run_cli("run", recipe, *tiny_overrides(recipe, plugins), "trainer.accelerator=tpu", "--out", out)
+    assert failed.returncode == 1 and (out / "recipe.yaml").is_file()
+    result = run_cli("run", recipe, *tiny_overrides(recipe, plugins), "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -120,7 +120,7 @@ def cmd_plugins(args) -> int:
     for name, kinds in by_plugin.items():
         info = plugins.infos.get(name)
         head = f"{info.distribution} {info.version}" if info else name
-        print(f"{head}  (entry point '{name}')")
+        print(head if info and info.distribution == name else f"{head}  (entry point '{name}')")
         if info and info.error:
             print(f"  FAILED TO IMPORT: {info.error}")
         for kind, comps in kinds.items():

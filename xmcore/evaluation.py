@@ -25,6 +25,10 @@ from xmcore.data import Split
 Metric = Callable[[Mapping[str, "Ranking"]], dict[str, float]]
 
 
+class NonFiniteEmbeddings(ValueError):
+    """Embeddings with NaN/inf: every comparison with NaN is false, which would rank every query first."""
+
+
 @dataclass
 class Ranking:
     """One retrieval direction's result: ``ranks[q]`` is query q's first relevant rank (1-based)."""
@@ -51,6 +55,9 @@ def first_relevant_ranks(
     is relevant to a query when their groups are equal.  Every query must have at
     least one relevant item.
     """
+    for name, emb in (("query", queries), ("gallery", gallery)):
+        if not bool(torch.isfinite(emb).all()):
+            raise NonFiniteEmbeddings(f"{name} embeddings contain NaN or infinite values")
     queries = torch.nn.functional.normalize(queries.float(), dim=-1)
     gallery = torch.nn.functional.normalize(gallery.float(), dim=-1)
     ranks = torch.empty(len(queries), dtype=torch.long)

@@ -26,7 +26,9 @@ recipe is validated, passing a ``register`` callback.  A plugin calls
 * ``help`` -- one line for ``xmcore plugins``; defaults to the first line of
   ``build``'s docstring.
 * ``modalities`` -- for encoders and augmentations: the modality names the
-  component accepts (``("image",)``, ``("text",)``).  ``None`` means any.
+  component accepts (``("image",)``, ``("text",)``), ``None`` meaning any; for
+  datasets: the modalities every split provides, in order (``("image", "text")``),
+  so that a recipe's encoders are checked against them before any data is read.
 * ``test_params`` -- small parameters for the contract tests in
   :mod:`xmcore.testing` (a dict, or a callable returning a dict, or ``None``
   when the component cannot be built offline on this machine).

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from xmcore.components import Encoder, Fusion
+from xmcore.errors import XmcoreError
 
 
 class RetrievalModule(pl.LightningModule):
@@ -107,13 +108,24 @@ class RetrievalModule(pl.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.optimizer_cfg
-        params = [p for p in self.parameters() if p.requires_grad]
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        # As in CLIP: no weight decay on gains, biases and the temperature (tensors of fewer than 2 dims).
+        groups = [
+            {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": cfg["weight_decay"]},
+            {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+        ]
         if cfg["name"] == "sgd":
-            opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+            opt = torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"])
         else:
             cls = torch.optim.AdamW if cfg["name"] == "adamw" else torch.optim.Adam
-            opt = cls(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+            opt = cls(groups, lr=cfg["lr"])
+        estimated = self.trainer.estimated_stepping_batches
+        if math.isinf(estimated) and (cfg["schedule"] != "constant" or cfg["warmup_steps"]):
+            raise XmcoreError(
+                "optimizer.schedule: a cosine schedule (or warm-up) needs a finite number of steps; "
+                "set trainer.max_epochs or trainer.max_steps, or use optimizer.schedule=constant"
+            )
+        total = max(1, int(min(estimated, 2**62)))
         warmup = min(cfg["warmup_steps"], total - 1)
 
         def factor(step: int) -> float:

@@ -66,6 +66,8 @@ def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
         pm.register(plugin, name=name)
     except pluggy.PluginValidationError as exc:  # a hook implementation with a wrong signature
         raise PluginError(f"plugin '{name}': {exc}") from None
+    except ValueError as exc:  # the same module under two entry-point names
+        raise PluginError(f"plugin '{name}' cannot be registered: {exc}") from None
 
 
 def disabled_names(env: str | None = None) -> set[str]:
@@ -91,8 +93,13 @@ def load_plugins(extra: Iterable[tuple[str, ModuleType | object]] = (), warn=Non
     for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         dist = ep.dist.name if ep.dist else "?"
         version = ep.dist.version if ep.dist else "?"
-        if ep.name in disabled or dist in disabled or ep.name in infos:
+        if ep.name in disabled or dist in disabled:
             continue
+        if ep.name in infos:
+            raise PluginError(
+                f"two plugins share the entry-point name '{ep.name}': {infos[ep.name].distribution} and {dist}; "
+                "uninstall one, or switch it off with XMCORE_DISABLE_PLUGINS=<distribution name>"
+            )
         info = PluginInfo(ep.name, dist, version, ep.value)
         infos[ep.name] = info
         try:

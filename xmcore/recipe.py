@@ -15,12 +15,13 @@ valid choices and the closest match.
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from xmcore.errors import RecipeError, did_you_mean
 from xmcore.registry import Component, Params
@@ -55,7 +56,7 @@ class ComponentSection(BaseModel):
 
 
 class DataSection(ComponentSection):
-    batch_size: int = Field(64, gt=0, description="pairs per training batch (and items per evaluation batch)")
+    batch_size: int = Field(64, gt=0, description="pairs per training (and validation) batch")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     strict: bool = Field(False, description="stop before training on any bad item, instead of skipping it")
 
@@ -99,31 +100,60 @@ class OptimizerSection(_Section):
     warmup_steps: int = Field(0, ge=0)
 
 
-class TrainerSection(_Section):
-    """Passed to ``lightning.Trainer`` under Lightning's own argument names."""
+PRECISIONS = ("64", "64-true", "32", "32-true", "16", "16-mixed", "16-true", "bf16", "bf16-mixed", "bf16-true",
+              "transformer-engine", "transformer-engine-float16")
 
-    max_epochs: int | None = 10
-    max_steps: int = -1
-    min_epochs: int | None = None
+
+class TrainerSection(_Section):
+    """Passed to ``pytorch_lightning.Trainer`` under Lightning's own argument names.
+
+    The common arguments are declared (and so type-checked, with typo suggestions);
+    the Lightning docs describe each.  Callbacks, loggers and ``default_root_dir``
+    belong to xmcore, which sets them per run.
+    """
+
+    max_epochs: int | None = Field(10, ge=-1)
+    min_epochs: int | None = Field(None, ge=0)
+    max_steps: int = Field(-1, ge=-1)
+    min_steps: int | None = Field(None, ge=0)
+    max_time: str | None = Field(None, description="DD:HH:MM:SS")
     accelerator: str = "auto"
     devices: Union[int, str, list[int]] = 1
-    num_nodes: int = 1
+    num_nodes: int = Field(1, ge=1)
     strategy: str = "auto"
     precision: Union[int, str] = "32-true"
-    gradient_clip_val: float | None = None
-    accumulate_grad_batches: int = 1
+    sync_batchnorm: bool | None = None
+    gradient_clip_val: float | None = Field(None, ge=0)
+    gradient_clip_algorithm: Literal["norm", "value"] | None = None
+    accumulate_grad_batches: int = Field(1, ge=1)
     limit_train_batches: Union[int, float] | None = None
     limit_val_batches: Union[int, float] | None = None
-    limit_predict_batches: Union[int, float] | None = None
+    overfit_batches: Union[int, float] | None = None
     val_check_interval: Union[int, float] | None = None
     check_val_every_n_epoch: int | None = 1
     num_sanity_val_steps: int | None = None
     log_every_n_steps: int | None = 10
     enable_progress_bar: bool | None = None
     enable_model_summary: bool | None = None
-    deterministic: Union[bool, str] | None = None
+    deterministic: Union[bool, Literal["warn"]] | None = None
     benchmark: bool | None = None
+    detect_anomaly: bool | None = None
+    profiler: Literal["simple", "advanced", "pytorch"] | None = None
     fast_dev_run: Union[bool, int] = False
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, value):
+        if str(value) not in PRECISIONS:
+            raise ValueError(f"expected one of {', '.join(PRECISIONS)}")
+        return value
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, value):
+        if isinstance(value, str) and value != "auto" and not all(p.strip().lstrip("-").isdigit() for p in value.split(",") if p.strip()):
+            raise ValueError("expected a count (1, 2, -1 for all), 'auto', a list of device ids [0, 1] or '0,1'")
+        return value
 
 
 class EvalSection(_Section):
@@ -135,7 +165,9 @@ class EvalSection(_Section):
 
 
 class Recipe(_Section):
-    name: str = Field("recipe", description="names the run directory; defaults to the file's stem")
+    name: str = Field(
+        "recipe", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="names the run directory; defaults to the file's stem"
+    )
     seed: int = 0
     data: DataSection
     encoders: dict[str, EncoderSection]
@@ -191,6 +223,7 @@ class LoadedRecipe:
     data: dict[str, Any]
     base_dir: Path
     replaced_names: set[str] = field(default_factory=set)  # sections whose ``name`` an override changed
+    overridden: set[str] = field(default_factory=set)  # dotted keys set on the command line
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> LoadedRecipe:
@@ -234,7 +267,8 @@ def apply_overrides(loaded: LoadedRecipe, overrides: list[str]) -> None:
         except _OverrideError as exc:
             problems.append(f"override '{item}': {exc}")
             continue
-        if key.endswith(".name") or key == "name":
+        loaded.overridden.add(key)
+        if key.endswith(".name"):
             loaded.replaced_names.add(key.rpartition(".")[0])
     if problems:
         raise RecipeError(problems)
@@ -267,6 +301,8 @@ def _set_dotted(node: Any, parts: list[str], value: Any) -> None:
 
 
 def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
     return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer", float: "a number"}.get(
         type(value), type(value).__name__
     ) + (f" ({value!r})" if isinstance(value, (str, int, float, bool)) else "")
@@ -304,10 +340,11 @@ def validate(loaded: LoadedRecipe, plugins) -> Recipe:
         extra = dict(section.model_extra or {})
         declared = set(component.params.model_fields)
         if path in loaded.replaced_names:
-            # An override chose another component: parameters the old one declared
-            # and the new one does not would be typos now, so they are dropped -- out loud.
-            for key in sorted(set(extra) - declared):
-                print(f"note: {path}.{key} dropped: not a parameter of {kind} '{section.name}'", flush=True)
+            # An override chose another component: parameters the file gave the old one,
+            # which the new one does not declare, are dropped -- out loud.  Keys typed on
+            # the command line are never dropped: they stay errors.
+            for key in sorted(set(extra) - declared - {k.rpartition(".")[2] for k in loaded.overridden if k.rpartition(".")[0] == path}):
+                print(f"note: {path}.{key} dropped: not a parameter of {kind} '{section.name}'", file=sys.stderr, flush=True)
                 del extra[key]
         try:
             section._params = component.params.model_validate(extra)
@@ -325,6 +362,12 @@ def validate(loaded: LoadedRecipe, plugins) -> Recipe:
                     problems.append(_pydantic_problem(e, prefix=path))
     if not recipe.encoders:
         problems.append("encoders: expected one encoder per modality, e.g. encoders.image.name: timm")
+    elif recipe.data._component is not None and recipe.data.component.modalities:
+        provided = recipe.data.component.modalities
+        source = f"dataset '{recipe.data.name}' provides {', '.join(provided)}"
+        problems += [f"encoders.{m}: missing; {source}: add encoders.{m}.name: ..." for m in provided if m not in recipe.encoders]
+        problems += [f"encoders.{m}: {source}, not {m}: remove it" for m in recipe.encoders if m not in provided]
+        problems += [f"augment.{m}: {source}, not {m}" for m in recipe.augment if m not in provided]
     if problems:
         raise RecipeError([f"{src}: {p}" for p in problems])
     return recipe
@@ -335,6 +378,10 @@ def _pydantic_problem(error: dict[str, Any], prefix: str = "") -> str:
     msg = error["msg"].removeprefix("Value error, ")
     if error["type"] == "missing":
         return f"{loc}: required key is missing"
+    if error["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        return f"{loc}: expected a section (a mapping of keys), got {_kind(error.get('input'))}"
+    if error["type"] == "list_type":
+        return f"{loc}: expected a list, got {_kind(error.get('input'))}"
     got = error.get("input")
     got_text = f", got {_kind(got)}" if not isinstance(got, (dict, list)) or error["type"].endswith("_type") else ""
     if error["type"] == "literal_error":

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from xmcore.errors import XmcoreError
-from xmcore.evaluation import compute_metrics, metrics_table, rank_both_directions
+from xmcore.evaluation import NonFiniteEmbeddings, compute_metrics, metrics_table, rank_both_directions
 from xmcore.io import atomic_write_text, write_json, write_yaml
 from xmcore.plugins import Plugins
 from xmcore.recipe import Recipe
@@ -140,20 +140,85 @@ def default_run_dir(recipe: Recipe) -> Path:
     return Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def prepare_run_dir(run_dir: Path, resume: bool) -> Path | None:
-    """Create the run directory; return the checkpoint to resume from, if any."""
+def prepare_run_dir(run_dir: Path, resume: bool, resolved: dict[str, Any]) -> Path | None:
+    """Create (or check) the run directory; return the checkpoint to resume from, if any.
+
+    A directory without checkpoints (a run that failed before training) may be
+    reused; one with checkpoints only with ``--resume``, and then only with the
+    same recipe apart from its ``trainer`` section.
+    """
     last = run_dir / "checkpoints" / "last.ckpt"
-    if resume:
-        if not last.is_file():
-            raise XmcoreError(f"--resume: {last} does not exist; nothing to resume (run without --resume to start)")
-        return last
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise XmcoreError(
-            f"run directory {run_dir} already exists and is not empty; "
-            "choose another --out, or pass --resume to continue that run"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        if resume:
+            if not last.is_file():
+                raise XmcoreError(f"--resume: {last} does not exist; nothing to resume (run without --resume to start)")
+            _check_same_recipe(run_dir / "recipe.yaml", resolved)
+            _keep_previous_log(run_dir / "logs" / "metrics.csv")
+            return last
+        if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+            raise XmcoreError(
+                f"run directory {run_dir} already holds a trained run; "
+                "choose another --out, or pass --resume to continue that run"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise XmcoreError(f"--out {run_dir}: cannot use it as a run directory ({exc.strerror or exc})") from None
     return None
+
+
+def _check_same_recipe(path: Path, resolved: dict[str, Any]) -> None:
+    import yaml
+
+    if not path.is_file():
+        raise XmcoreError(f"--resume: {path} is missing; cannot tell which recipe the run was trained with")
+    stored = yaml.safe_load(path.read_text(encoding="utf-8"))
+    changed = sorted(
+        key for key in set(stored) | set(resolved) if key != "trainer" and stored.get(key) != resolved.get(key)
+    )
+    if changed:
+        raise XmcoreError(
+            f"--resume: the recipe differs from the run's {path} in: {', '.join(changed)}; "
+            "only trainer.* may change when resuming (start a new run for anything else)"
+        )
+
+
+def _keep_previous_log(csv: Path) -> None:
+    """Lightning's CSV logger starts its file afresh: keep the log of the earlier part of the run beside it."""
+    if csv.is_file():
+        n = 1
+        while (kept := csv.with_name(f"metrics.part{n}.csv")).exists():
+            n += 1
+        csv.rename(kept)
+
+
+def embed_split(module, datamodule, recipe: Recipe, split, checkpoint: str | None) -> dict[str, "torch.Tensor"]:
+    """Embed every item of the evaluation split with the checkpoint's weights.
+
+    A Trainer of its own, so that limits meant for training (``fast_dev_run``,
+    ``limit_*_batches``) never cut the gallery short.
+    """
+    import pytorch_lightning as pl
+    import torch
+
+    trainer = pl.Trainer(
+        accelerator=recipe.trainer.accelerator,
+        devices=1,
+        precision=recipe.trainer.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=recipe.trainer.enable_progress_bar is not False,
+    )
+    loaders = datamodule.item_dataloaders(recipe.eval.split)
+    predictions = trainer.predict(module, dataloaders=loaders, ckpt_path=checkpoint, return_predictions=True)
+    embeddings = {}
+    for modality, batches in zip(split.modalities, predictions):
+        index = torch.cat([i for i, _ in batches])
+        emb = torch.cat([e for _, e in batches]).float()
+        if len(index) != len(split.items[modality]):
+            raise XmcoreError(f"evaluation embedded {len(index)} of {len(split.items[modality])} {modality} items")
+        embeddings[modality] = emb[torch.argsort(index)]
+    return embeddings
 
 
 def train_and_evaluate(recipe: Recipe, plugins: Plugins, base_dir: Path, run_dir: Path, resume: bool = False) -> dict[str, float]:
@@ -166,8 +231,8 @@ def train_and_evaluate(recipe: Recipe, plugins: Plugins, base_dir: Path, run_dir
     from xmcore.features import FeaturePassThrough, cacheable_modalities, precompute
     from xmcore.module import RetrievalModule
 
-    resume_from = prepare_run_dir(run_dir, resume)
     resolved = recipe.resolved()
+    resume_from = prepare_run_dir(run_dir, resume, resolved)
     write_yaml(run_dir / "recipe.yaml", resolved)
     write_json(run_dir / "environment.json", environment(recipe, plugins))
 
@@ -203,29 +268,34 @@ def train_and_evaluate(recipe: Recipe, plugins: Plugins, base_dir: Path, run_dir
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
-        monitor="val/loss" if has_val else "train/loss",
+        # The retrieval loss alone: a fusion's auxiliary loss (the adversarial discriminator's) is not the goal.
+        monitor="val/retrieval_loss" if has_val else "train/retrieval_loss",
         mode="min",
         save_last=True,
         enable_version_counter=False,
     )
     trainer_args = {k: v for k, v in recipe.trainer.model_dump().items() if v is not None}
-    trainer = pl.Trainer(
-        **trainer_args,
-        default_root_dir=run_dir,
-        logger=CSVLogger(run_dir, name="logs", version=""),
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")],
-    )
+    try:
+        trainer = pl.Trainer(
+            **trainer_args,
+            default_root_dir=run_dir,
+            logger=CSVLogger(run_dir, name="logs", version=""),
+            callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")],
+        )
+    except (ValueError, TypeError, RuntimeError, ImportError) as exc:  # MisconfigurationException is a ValueError
+        raise XmcoreError(f"trainer: Lightning refused the trainer section: {exc}") from None
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
 
-    best = checkpoint.best_model_path or None  # none under fast_dev_run
-    loaders = datamodule.item_dataloaders(recipe.eval.split)
-    predictions = trainer.predict(module, dataloaders=loaders, ckpt_path=best, return_predictions=True)
-    embeddings = {}
-    for modality, batches in zip(modalities, predictions):
-        index = torch.cat([i for i, _ in batches])
-        emb = torch.cat([e for _, e in batches]).float()
-        embeddings[modality] = emb[torch.argsort(index)]
-    rankings = rank_both_directions(embeddings, built.data.splits[recipe.eval.split])
+    best = checkpoint.best_model_path or checkpoint.last_model_path or None  # none under fast_dev_run
+    split = built.data.splits[recipe.eval.split]
+    embeddings = embed_split(module, datamodule, recipe, split, best)
+    try:
+        rankings = rank_both_directions(embeddings, split)
+    except NonFiniteEmbeddings as exc:
+        raise XmcoreError(
+            f"evaluation: {exc}: training diverged (see val/loss in {run_dir / 'logs' / 'metrics.csv'}); "
+            "lower optimizer.lr or set trainer.gradient_clip_val"
+        ) from None
     metrics = compute_metrics(rankings, built.metrics)
     write_json(run_dir / "metrics.json", metrics)
     atomic_write_text(run_dir / "metrics.md", f"# {recipe.name}: {recipe.eval.split} split\n\n" + metrics_table(metrics))

@@ -67,15 +67,35 @@ def component_test_params(component: Component) -> dict[str, Any] | None:
 
 
 def tiny_overrides(recipe_path: str | Path, plugins) -> list[str]:
-    """Overrides that make a recipe run in seconds: a tiny trainer plus each component's test params."""
+    """Overrides that make a recipe run in seconds.
+
+    A tiny trainer; the dataset shrunk to its component's ``test_params``; for the
+    other components, ``test_params`` fill only keys the recipe leaves unset, so the
+    models a recipe names are the ones its test runs.
+    """
     from xmcore.recipe import load_recipe, validate
 
-    recipe = validate(load_recipe(recipe_path), plugins)
+    loaded = load_recipe(recipe_path)
+    recipe = validate(loaded, plugins)
     out = list(TINY_TRAINER)
     for path, section in recipe.component_sections():
         params = component_test_params(section.component) or {}
+        if section.component.kind != "dataset":
+            written = _get_dotted(loaded.data, path) or {}
+            params = {k: v for k, v in params.items() if k not in written}
         out += [f"{path}.{k}={_yaml_scalar(v)}" for k, v in params.items()]
     return out
+
+
+def _get_dotted(data: Any, path: str) -> Any:
+    for part in path.split("."):
+        if isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        elif isinstance(data, dict):
+            data = data.get(part)
+        else:
+            return None
+    return data
 
 
 def _yaml_scalar(value: Any) -> str:
@@ -181,6 +201,8 @@ def check_dataset(component: Component) -> None:
     """Has a train split; every split pairs two modalities with valid owner indices."""
     data = build(component)
     assert "train" in data.splits
+    if component.modalities:
+        assert all(s.modalities == tuple(component.modalities) for s in data.splits.values())
     for name, split in data.splits.items():
         first, second = split.modalities
         assert len(split.items[first]) > 0 and len(split.items[second]) > 0, name

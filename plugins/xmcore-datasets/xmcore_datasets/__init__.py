@@ -39,6 +39,7 @@ class ShapesParams(xmcore.Params):
         return self
 
 
+IMAGE_TEXT = ("image", "text")  # the modalities these datasets provide, in Split order
 Ratios = tuple[float, float, float]
 RATIOS_HELP = "train/val/test shares for a seeded split when the data has no split of its own"
 
@@ -119,10 +120,11 @@ def xmcore_register_datasets(register):
         "shapes",
         build_shapes,
         params=ShapesParams,
+        modalities=IMAGE_TEXT,
         test_params={"train": 16, "val": 4, "test": 8, "image_size": 32},
     )
     # These read the user's files: the tests write fixtures in each real format (tests/test_datasets.py).
-    register("csv", build_csv, params=CSVParams, test_params=lambda: None)
-    register("jsonl", build_jsonl, params=ManifestParams, test_params=lambda: None)
-    register("karpathy", build_karpathy, params=KarpathyParams, test_params=lambda: None)
-    register("imagefolder", build_imagefolder, params=ImageFolderParams, test_params=lambda: None)
+    register("csv", build_csv, params=CSVParams, modalities=IMAGE_TEXT, test_params=lambda: None)
+    register("jsonl", build_jsonl, params=ManifestParams, modalities=IMAGE_TEXT, test_params=lambda: None)
+    register("karpathy", build_karpathy, params=KarpathyParams, modalities=IMAGE_TEXT, test_params=lambda: None)
+    register("imagefolder", build_imagefolder, params=ImageFolderParams, modalities=IMAGE_TEXT, test_params=lambda: None)

@@ -67,7 +67,13 @@ class TimmEncoder(Encoder):
                 raise XmcoreError(
                     f"encoders.image.model_name: timm has no model '{model_name}' (timm.list_models() lists them)"
                 ) from None
-            raise
+            if not pretrained:
+                raise
+            raise _no_weights(model_name, exc) from None
+        except OSError as exc:  # the hub's errors when offline or the weights are not cached
+            if not pretrained:
+                raise
+            raise _no_weights(model_name, exc) from None
         if checkpoint is not None:
             state = load_weights_file(checkpoint)
             if checkpoint_keys == "order":
@@ -97,6 +103,14 @@ class TimmEncoder(Encoder):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
+
+
+def _no_weights(model_name: str, exc: Exception) -> XmcoreError:
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return XmcoreError(
+        f"encoders.image.pretrained: cannot get timm's pretrained weights for '{model_name}' "
+        f"({type(exc).__name__}: {first}); without network, give a local file as encoders.image.checkpoint"
+    )
 
 
 def _rename_by_order(state: dict[str, torch.Tensor], model_name: str, kwargs: dict, path: str) -> dict[str, torch.Tensor]:
