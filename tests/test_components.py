@@ -132,3 +132,14 @@ def test_shapes_dataset_is_deterministic_and_captions_describe_the_scene():
     assert all(any(c in t for c in colours) for t in texts)
     other = build(component, train=10, val=0, test=5, seed=1)
     assert other.splits["train"].items["text"] != texts
+
+
+def test_vgg16_encoder_reports_its_real_output_width():
+    """The seed article's VGG16: its pooled features pass a 4096-wide pre-logits MLP."""
+    enc = build(PLUGINS["encoder"].get("timm"), BuildContext(modality="image"), model_name="vgg16", img_size=64)
+    pre = enc.preprocessor
+    from xmcore.testing import sample_items
+
+    with torch.no_grad():
+        out = enc.eval()(pre.collate([pre(x) for x in sample_items("image", 2)]))
+    assert out.shape == (2, enc.output_dim) == (2, 4096)

@@ -34,10 +34,24 @@ def check_run_dir(run_dir, stdout, checkpoints=True):
     return metrics
 
 
+def fixture_data(recipe, tmp_path):
+    """Overrides pointing a recipe that needs the user's data at a small fixture in the same format."""
+    import yaml
+
+    from conftest import write_karpathy
+
+    name = yaml.safe_load(recipe.read_text())["data"]["name"]
+    if name == "karpathy":
+        annotations = write_karpathy(tmp_path / "data")
+        return [f"data.annotations={annotations}", f"data.image_root={tmp_path / 'data' / 'images'}"]
+    return []
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
 def test_recipe_runs_through_cli(recipe, plugins, tmp_path):
     out = tmp_path / "run"
-    result = run_cli("run", recipe, *tiny_overrides(recipe, plugins), "--out", out)
+    data = fixture_data(recipe, tmp_path)
+    result = run_cli("run", recipe, *data, *tiny_overrides(recipe, plugins, data), "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     check_run_dir(out, result.stdout)
 

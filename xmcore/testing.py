@@ -66,7 +66,7 @@ def component_test_params(component: Component) -> dict[str, Any] | None:
     return dict(tp or {})
 
 
-def tiny_overrides(recipe_path: str | Path, plugins) -> list[str]:
+def tiny_overrides(recipe_path: str | Path, plugins, overrides: Sequence[str] = ()) -> list[str]:
     """Overrides that make a recipe run in seconds.
 
     A tiny trainer; the dataset shrunk to its component's ``test_params``; for the
@@ -75,7 +75,7 @@ def tiny_overrides(recipe_path: str | Path, plugins) -> list[str]:
     """
     from xmcore.recipe import load_recipe, validate
 
-    loaded = load_recipe(recipe_path)
+    loaded = load_recipe(recipe_path, list(overrides))
     recipe = validate(loaded, plugins)
     out = list(TINY_TRAINER)
     for path, section in recipe.component_sections():

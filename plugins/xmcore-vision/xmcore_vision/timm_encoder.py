@@ -79,7 +79,8 @@ class TimmEncoder(Encoder):
             if checkpoint_keys == "order":
                 state = _rename_by_order(state, model_name, kwargs, checkpoint)
             self._load_state(state, checkpoint)
-        self.output_dim = int(self.model.num_features)
+        # Models with a pre-logits stage (VGG's 4096-wide MLP) output head_hidden_size, not num_features.
+        self.output_dim = int(getattr(self.model, "head_hidden_size", None) or self.model.num_features)
 
         config = resolve_data_config(model=self.model)
         if img_size is not None:
