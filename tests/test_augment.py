@@ -89,3 +89,17 @@ def test_augmentation_for_the_wrong_modality_is_rejected():
     result = run_cli("validate", ROOT / "recipes" / "quickstart.yaml", "augment.text=[{name: hflip}]")
     assert result.returncode == 2
     assert "augment.text.0.name: augmentation 'hflip' does not accept modality 'text'" in result.stderr
+
+
+def test_caption_sampling_visits_each_image_once_with_a_random_caption():
+    from xmcore.data import PairDataset
+
+    data = build(PLUGINS["dataset"].get("shapes"))
+    split = data.splits["train"]
+    identity = {"image": lambda x: x, "text": lambda x: x}
+    sampled = PairDataset(split, identity, {}, sample_members=True)
+    assert len(sampled) == len(split.items["image"]) and len(PairDataset(split, identity, {})) == len(split.items["text"])
+    own = [split.items["text"][j] for j in range(len(split.owner)) if split.owner[j] == 3]
+    drawn = {seeded(lambda: sampled[3]["text"], seed) for seed in range(20)}
+    assert drawn <= set(own) and len(drawn) > 1
+    assert sampled[3]["group"] == 3

@@ -164,3 +164,74 @@ def test_split_with_no_usable_items_is_an_error(tmp_path):
     result = run_cli("run", recipe, *overrides, "--out", tmp_path / "run")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "split 'test' has no usable image items" in result.stderr and "data.tsv" in result.stderr
+
+
+def write_shards(folder, shards=2, per_shard=4, orphan=False):
+    """webdataset shards as webdataset/img2dataset write them: KEY.jpg + KEY.txt + KEY.cls per sample."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from conftest import COLOURS
+
+    folder.mkdir(parents=True, exist_ok=True)
+    colours = list(COLOURS)
+    n = 0
+    for s in range(shards):
+        with tarfile.open(folder / f"train-{s:06d}.tar", "w") as tar:
+            for _ in range(per_shard):
+                colour = colours[n % len(colours)]
+                buf = io.BytesIO()
+                Image.new("RGB", (20, 20), COLOURS[colour]).save(buf, format="JPEG")
+                members = {"jpg": buf.getvalue(), "txt": f"a {colour} picture {n}".encode(), "cls": colour.encode()}
+                if orphan and n == 0:
+                    del members["jpg"]
+                for ext, data in members.items():
+                    info = tarfile.TarInfo(f"{n:09d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+                n += 1
+    return folder
+
+
+def test_webdataset_shards_with_brace_patterns(tmp_path):
+    write_shards(tmp_path / "shards", shards=3, per_shard=4)
+    data = build("webdataset", tmp_path, train="shards/train-{000000..000001}.tar", test="shards/train-000002.tar")
+    train, test = data.splits["train"], data.splits["test"]
+    assert len(train.items["image"]) == 8 and len(test.items["image"]) == 4
+    assert test.items["text"][0] == "a red picture 8"
+    assert test.items["image"][0].load().size == (20, 20)
+    assert data.extras["label_names"] == ["blue", "green", "red", "yellow"]
+    assert test.labels.tolist() == [2, 1, 0, 3]
+
+    split = build("webdataset", tmp_path, shards="shards/train-{000000..000002}.tar", split_ratios=(0.5, 0.25, 0.25))
+    assert {k: len(v.items["text"]) for k, v in split.splits.items()} == {"train": 6, "val": 3, "test": 3}
+
+
+def test_webdataset_bad_samples_and_shards(tmp_path):
+    write_shards(tmp_path / "shards", shards=1, per_shard=3, orphan=True)
+    data = build("webdataset", tmp_path, train="shards/train-000000.tar", test="shards/train-000000.tar")
+    cleaned, report = clean_split(data.splits["train"])
+    assert report["reasons"] == {"sample without image": 1} and len(cleaned.items["image"]) == 2
+    with pytest.raises(XmcoreError, match="do not exist"):
+        build("webdataset", tmp_path, train="shards/train-{000000..000004}.tar", test="shards/train-000000.tar")
+    (tmp_path / "gz.tar").write_bytes(b"\x1f\x8b" + b"0" * 600)
+    with pytest.raises(XmcoreError, match="not an uncompressed tar shard"):
+        build("webdataset", tmp_path, train="gz.tar", test="gz.tar")
+
+
+def test_data_inspect_cli(tmp_path):
+    recipe, overrides = bad_csv_recipe(tmp_path)
+    grid = tmp_path / "grid.png"
+    result = run_cli("data", "inspect", recipe, *overrides, "--grid", grid)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "[train]" in out and "[test]" in out
+    assert "image items: 6   text items: 6" in out
+    assert "text per image: min 1, mean 1.00, max 1" in out
+    assert "problems: 1 items skipped (1 missing file)" in out and "missing.png: missing file" in out
+    assert "e.g. " in out and "a red square 0" in out
+    assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = run_cli("data", "inspect", recipe, *overrides, "--grid", grid, "--split", "nope")
+    assert bad.returncode == 1 and "no split 'nope'" in bad.stderr and "Traceback" not in bad.stderr

@@ -35,6 +35,14 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
     val.add_argument("--print", action="store_true", dest="show", help="print the resolved recipe")
 
+    data = sub.add_parser("data", help="look at a recipe's dataset")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    insp = data_sub.add_parser("inspect", help="per split: items, captions per image, labels, problems, examples")
+    insp.add_argument("recipe")
+    insp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
+    insp.add_argument("--grid", type=Path, metavar="PNG", help="also write a picture of sample images with captions")
+    insp.add_argument("--split", default="train", help="the split the grid shows (default: train)")
+
     plug = sub.add_parser("plugins", help="list installed plugins and the components they register")
     plug.add_argument("--json", action="store_true", help="print JSON instead of text")
     return parser
@@ -43,13 +51,17 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins}[args.command](args)
+        commands = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "data": cmd_data}
+        return commands[args.command](args)
     except XmcoreError as exc:
         print(f"error: {exc}" if "\n" not in str(exc) else f"error:\n{exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 def _load(args):
@@ -82,6 +94,22 @@ def cmd_run(args) -> int:
     print(f"{recipe.name}: retrieval on the '{recipe.eval.split}' split")
     print(metrics_table(metrics))
     print(f"run directory: {run_dir}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from xmcore.inspection import grid, inspect, summarize
+    from xmcore.registry import BuildContext
+
+    _, loaded, recipe = _load(args)
+    section = recipe.data
+    data = section.component.build(section.params, BuildContext(seed=recipe.seed, base_dir=loaded.base_dir))
+    data, reports = inspect(data)
+    print(summarize(data, reports))
+    if args.grid:
+        if args.split not in data.splits:
+            raise XmcoreError(f"--split: the dataset has no split '{args.split}'; it has: {', '.join(data.splits)}")
+        print(f"\ngrid: {grid(data, args.grid, args.split)}")
     return 0
 
 

@@ -9,6 +9,7 @@ dataset of audio clips and captions has the same shape.
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -185,16 +186,28 @@ def seeded_split(count: int, ratios: Sequence[float], seed: int) -> dict[str, np
 
 
 class PairDataset:
-    """Training pairs: one per second-modality item, with its owner (a caption and its image)."""
+    """Training pairs: one per second-modality item with its owner (a caption and its image), or with
+    ``sample_members``, one per owner with one of its members drawn at random (caption sampling)."""
 
-    def __init__(self, split: Split, preprocess: dict[str, Transform], augment: dict[str, list[Transform]]):
+    def __init__(
+        self,
+        split: Split,
+        preprocess: dict[str, Transform],
+        augment: dict[str, list[Transform]],
+        sample_members: bool = False,
+    ):
         self.split = split
         self.preprocess = preprocess
         self.augment = augment
         self.groups = split.groups(split.modalities[0])
+        self.members = None
+        if sample_members:
+            order = np.argsort(split.owner, kind="stable")
+            bounds = np.searchsorted(split.owner[order], np.arange(len(split.items[split.modalities[0]]) + 1))
+            self.members = [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     def __len__(self) -> int:
-        return len(self.split)
+        return len(self.split) if self.members is None else len(self.members)
 
     def _item(self, modality: str, index: int) -> Any:
         item = materialize(self.split.items[modality][index])
@@ -204,7 +217,10 @@ class PairDataset:
 
     def __getitem__(self, j: int) -> dict[str, Any]:
         first, second = self.split.modalities
-        i = int(self.split.owner[j])
+        if self.members is not None:  # j is an owner; draw one of its members
+            i, j = j, int(random.choice(self.members[j]))
+        else:
+            i = int(self.split.owner[j])
         return {first: self._item(first, i), second: self._item(second, j), "group": int(self.groups[i])}
 
 

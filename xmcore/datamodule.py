@@ -45,6 +45,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         eval_batch_size: int,
         num_workers: int = 0,
         seed: int = 0,
+        caption_sampling: bool = False,
     ):
         super().__init__()
         self.data = data
@@ -54,6 +55,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.seed = seed
+        self.caption_sampling = caption_sampling
 
     def _loader(self, dataset, batch_size: int, shuffle: bool, collate) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
@@ -69,7 +71,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        ds = PairDataset(self.data.splits["train"], self.preprocessors, self.augment)
+        ds = PairDataset(self.data.splits["train"], self.preprocessors, self.augment, self.caption_sampling)
         return self._loader(ds, self.batch_size, True, PairCollate(self.preprocessors))
 
     def val_dataloader(self):

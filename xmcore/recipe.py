@@ -59,6 +59,11 @@ class DataSection(ComponentSection):
     batch_size: int = Field(64, gt=0, description="pairs per training (and validation) batch")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     strict: bool = Field(False, description="stop before training on any bad item, instead of skipping it")
+    caption_sampling: bool = Field(
+        False,
+        description="each epoch visits every image once with one of its captions drawn at random "
+        "(instead of every caption once)",
+    )
 
 
 class EncoderSection(ComponentSection):

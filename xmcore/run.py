@@ -263,6 +263,7 @@ def train_and_evaluate(recipe: Recipe, plugins: Plugins, base_dir: Path, run_dir
         eval_batch_size=recipe.eval.batch_size,
         num_workers=recipe.data.num_workers,
         seed=recipe.seed,
+        caption_sampling=recipe.data.caption_sampling,
     )
     has_val = "val" in built.data.splits
     checkpoint = ModelCheckpoint(

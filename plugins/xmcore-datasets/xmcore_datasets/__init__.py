@@ -1,4 +1,4 @@
-"""Dataset plugins: generated ``shapes``, and ``csv``, ``jsonl``, ``karpathy``, ``imagefolder`` files."""
+"""Dataset plugins: generated ``shapes``; ``csv``, ``jsonl``, ``karpathy``, ``imagefolder`` and ``webdataset`` files."""
 
 from __future__ import annotations
 
@@ -79,6 +79,30 @@ class ImageFolderParams(xmcore.Params):
         return templates
 
 
+class WebDatasetParams(xmcore.Params):
+    shards: str | None = Field(None, description="brace pattern of all shards, split by split_ratios (or give train/val/test)")
+    train: str | None = Field(None, description="brace pattern of the training shards, e.g. train-{000..009}.tar")
+    val: str | None = Field(None, description="brace pattern of the validation shards")
+    test: str | None = Field(None, description="brace pattern of the test shards")
+    split_ratios: Ratios = Field((0.8, 0.1, 0.1), description="train/val/test shares when only 'shards' is given")
+    seed: int = Field(0, description="seed of the split when only 'shards' is given")
+
+    @model_validator(mode="after")
+    def _one_layout(self):
+        if bool(self.shards) == bool(self.train):
+            raise ValueError("give either 'shards' (split by split_ratios) or 'train' (with 'test', optionally 'val')")
+        if self.train and not self.test:
+            raise ValueError("with 'train' shards, give 'test' shards too")
+        return self
+
+
+def build_webdataset(params: WebDatasetParams, ctx: xmcore.BuildContext):
+    """Tar shards of jpg/png + txt (+ cls/json), indexed once and read by offset; brace patterns."""
+    from xmcore_datasets.webdataset import read_webdataset
+
+    return read_webdataset(params, ctx)
+
+
 def build_csv(params: CSVParams, ctx: xmcore.BuildContext):
     """open_clip's CSV/TSV manifest: image path and caption columns; rows of one image are grouped."""
     from xmcore_datasets.files import read_csv
@@ -128,3 +152,4 @@ def xmcore_register_datasets(register):
     register("jsonl", build_jsonl, params=ManifestParams, modalities=IMAGE_TEXT, test_params=lambda: None)
     register("karpathy", build_karpathy, params=KarpathyParams, modalities=IMAGE_TEXT, test_params=lambda: None)
     register("imagefolder", build_imagefolder, params=ImageFolderParams, modalities=IMAGE_TEXT, test_params=lambda: None)
+    register("webdataset", build_webdataset, params=WebDatasetParams, modalities=IMAGE_TEXT, test_params=lambda: None)

@@ -71,6 +71,11 @@ class Placed:
     def noun(self) -> str:
         return f"{self.color} {self.shape}"
 
+    @property
+    def a(self) -> str:
+        """The noun with its indefinite article: 'a red circle', 'an orange square'."""
+        return f"{'an' if self.color[0] in 'aeiou' else 'a'} {self.noun}"
+
 
 def _vertical(frac: float) -> str:
     return "top" if frac < 1 / 3 else "bottom" if frac > 2 / 3 else "middle"
@@ -111,23 +116,23 @@ def caption(shapes: list[Placed], grid: int, rng: np.random.Generator) -> str:
     if len(shapes) == 1:
         (s,) = shapes
         loc = pick(location_phrases(s, grid))
-        template = pick(["a {n} {loc}", "there is a {n} {loc}", "a {c} {k} {loc}", "{loc} there is a {n}", "one {n} {loc}"])
-        return template.format(n=s.noun, c=s.color, k=s.shape, loc=loc)
+        template = pick(["{a} {loc}", "there is {a} {loc}", "{loc} there is {a}", "one {n} {loc}", "{loc}: {a}"])
+        return template.format(a=s.a, n=s.noun, loc=loc)
     order = [shapes[i] for i in rng.permutation(len(shapes))]
     a, b, rest = order[0], order[1], order[2:]
     forward, backward = pick(relations(a, b))
     template = pick(
         [
-            "a {a} {f} a {b}",
-            "a {b} {r} a {a}",
-            "there is a {a} {f} a {b}",
-            "the {a} is {f} the {b}",
-            "a {b} with a {a} {f} it",
+            "{a} {f} {b}",
+            "{b} {r} {a}",
+            "there is {a} {f} {b}",
+            "the {an} is {f} the {bn}",
+            "{b} with {a} {f} it",
         ]
     )
-    text = template.format(a=a.noun, b=b.noun, f=forward, r=backward)
+    text = template.format(a=a.a, b=b.a, an=a.noun, bn=b.noun, f=forward, r=backward)
     if rest:
-        others = " and ".join(f"a {o.noun}" for o in rest)
+        others = " and ".join(o.a for o in rest)
         text = pick([f"{text}, and {others}", f"{text}, plus {others}", f"{others}, and {text}"])
     return text
 
