@@ -35,6 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
     val.add_argument("--print", action="store_true", dest="show", help="print the resolved recipe")
 
+    ev = sub.add_parser("evaluate", help="evaluate embeddings computed anywhere (an .npz file)")
+    ev.add_argument("--embeddings", type=Path, required=True, metavar="NPZ",
+                    help="image (N x d), text (M x d), text_to_image (M); optional image_labels, text_labels")
+    ev.add_argument("--out", type=Path, required=True, help="directory for metrics.json and metrics.md")
+    ev.add_argument("--metrics", metavar="YAML", help="metric list as YAML, e.g. '[{name: recall, k: [1, 5]}]' "
+                    "(default: recall, rank, map, ndcg@10, modality-gap)")
+
     data = sub.add_parser("data", help="look at a recipe's dataset")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     insp = data_sub.add_parser("inspect", help="per split: items, captions per image, labels, problems, examples")
@@ -51,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "data": cmd_data}
+        commands = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "data": cmd_data,
+                    "evaluate": cmd_evaluate}
         return commands[args.command](args)
     except XmcoreError as exc:
         print(f"error: {exc}" if "\n" not in str(exc) else f"error:\n{exc}", file=sys.stderr)
@@ -94,6 +102,36 @@ def cmd_run(args) -> int:
     print(f"{recipe.name}: retrieval on the '{recipe.eval.split}' split")
     print(metrics_table(metrics))
     print(f"run directory: {run_dir}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import yaml
+    from pydantic import TypeAdapter, ValidationError
+
+    from xmcore.errors import RecipeError
+    from xmcore.evaluation import compute_metrics, load_embeddings_file, metrics_table, rank_both_directions
+    from xmcore.io import atomic_write_text, write_json
+    from xmcore.plugins import load_plugins
+    from xmcore.recipe import DEFAULT_METRICS, MetricSection, validate_component
+    from xmcore.registry import BuildContext
+
+    plugins = load_plugins()
+    try:
+        raw = yaml.safe_load(args.metrics) if args.metrics else DEFAULT_METRICS
+        sections = TypeAdapter(list[MetricSection]).validate_python(raw)
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise RecipeError([f"--metrics: expected a YAML list of {{name: ..., params}}: {str(exc).splitlines()[0]}"]) from None
+    problems = [p for i, s in enumerate(sections) for p in validate_component(s, f"--metrics.{i}", plugins)]
+    if problems:
+        raise RecipeError(problems)
+    metrics = [s.component.build(s.params, BuildContext()) for s in sections]
+    split, embeddings = load_embeddings_file(args.embeddings)
+    values = compute_metrics(rank_both_directions(embeddings, split), metrics)
+    write_json(args.out / "metrics.json", values)
+    atomic_write_text(args.out / "metrics.md", f"# {args.embeddings.name}\n\n" + metrics_table(values))
+    print(metrics_table(values))
+    print(f"written: {args.out / 'metrics.json'}")
     return 0
 
 

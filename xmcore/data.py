@@ -26,6 +26,7 @@ class Split:
     owner: np.ndarray  # owner[j]: index of the first-modality item that item j of the second belongs to
     labels: np.ndarray | None = None  # optional class id per owner item
     relevance: str = "owner"  # "owner": a caption is relevant to its own image; "label": to every item of its class
+    member_labels: np.ndarray | None = None  # class ids of the second modality's items, when not their owner's
 
     def __post_init__(self) -> None:
         self.owner = np.asarray(self.owner, dtype=np.int64)
@@ -50,7 +51,9 @@ class Split:
         """Relevance group of each item of ``modality``: an item is relevant to those of the same group."""
         first, second = self.modalities
         if self.relevance == "label":
-            return self.labels if modality == first else self.labels[self.owner]
+            if modality == first:
+                return self.labels
+            return self.member_labels if self.member_labels is not None else self.labels[self.owner]
         return np.arange(len(self.items[first])) if modality == first else self.owner
 
     def subset(self, keep_first: np.ndarray, keep_second: np.ndarray) -> "Split":
@@ -67,6 +70,7 @@ class Split:
             new_index[self.owner[keep_second]],
             None if self.labels is None else self.labels[keep_first],
             self.relevance,
+            None if self.member_labels is None else self.member_labels[keep_second],
         )
 
 

@@ -9,7 +9,9 @@ Ties are pessimistic: an irrelevant item with exactly the relevant item's score
 is counted as ranked above it, so a model that scores everything equal gets the
 worst rank, never a lucky one, and results do not depend on sort stability.
 
-Memory is O(chunk x gallery): the queries x gallery score matrix is never built.
+Memory is bounded by a block size, not by the number of queries: the
+queries x gallery score matrix is never built.  Every relevant item's rank is
+kept, so metrics over the full ranking (mAP, NDCG) are exact too.
 """
 
 from __future__ import annotations
@@ -31,57 +33,137 @@ class NonFiniteEmbeddings(ValueError):
 
 @dataclass
 class Ranking:
-    """One retrieval direction's result: ``ranks[q]`` is query q's first relevant rank (1-based)."""
+    """One retrieval direction's result.
 
-    direction: str  # e.g. "i2t"
+    ``ranks[q]`` is query q's first relevant rank (1-based).  ``positions`` holds,
+    query after query, the rank of every relevant gallery item in ascending order;
+    query q's slice is ``positions[offsets[q]:offsets[q + 1]]`` (``num_relevant[q]`` long).
+    """
+
+    direction: str
     ranks: np.ndarray
+    positions: np.ndarray | None = None
+    offsets: np.ndarray | None = None
+    gallery_size: int = 0
+
+    @property
+    def num_relevant(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def query_of_position(self) -> np.ndarray:
+        """For each entry of ``positions``, its query."""
+        return np.repeat(np.arange(len(self.ranks)), self.num_relevant)
+
+    @property
+    def index_within_query(self) -> np.ndarray:
+        """For each entry of ``positions``, 1 for the query's best-ranked relevant item, 2 for the next, ..."""
+        return np.arange(len(self.positions)) - np.repeat(self.offsets[:-1], self.num_relevant) + 1
+
+
+class Rankings(dict):
+    """Direction -> :class:`Ranking`, plus the L2-normalised embeddings they came from (for embedding-level
+    metrics such as the modality gap)."""
+
+    def __init__(self, rankings: Mapping[str, Ranking], embeddings: Mapping[str, torch.Tensor] | None = None):
+        super().__init__(rankings)
+        self.embeddings = dict(embeddings or {})
 
 
 def direction_name(query_modality: str, gallery_modality: str) -> str:
     return f"{query_modality[0]}2{gallery_modality[0]}"
 
 
-@torch.no_grad()
-def first_relevant_ranks(
-    queries: torch.Tensor,
-    gallery: torch.Tensor,
-    query_groups: torch.Tensor,
-    gallery_groups: torch.Tensor,
-    chunk_size: int = 1024,
-) -> np.ndarray:
-    """Rank (1-based) of the best-scored relevant gallery item for each query.
-
-    Embeddings are L2-normalised here, so scores are cosine similarities.  An item
-    is relevant to a query when their groups are equal.  Every query must have at
-    least one relevant item.
-    """
-    for name, emb in (("query", queries), ("gallery", gallery)):
+def _check_finite(**embeddings: torch.Tensor) -> None:
+    for name, emb in embeddings.items():
         if not bool(torch.isfinite(emb).all()):
             raise NonFiniteEmbeddings(f"{name} embeddings contain NaN or infinite values")
-    queries = torch.nn.functional.normalize(queries.float(), dim=-1)
-    gallery = torch.nn.functional.normalize(gallery.float(), dim=-1)
-    ranks = torch.empty(len(queries), dtype=torch.long)
-    for start in range(0, len(queries), chunk_size):
-        q = queries[start : start + chunk_size]
-        scores = q @ gallery.T
-        relevant = query_groups[start : start + chunk_size, None] == gallery_groups[None, :]
-        if not bool(relevant.any(dim=1).all()):
-            raise ValueError("a query has no relevant item in the gallery")
-        best = scores.masked_fill(~relevant, float("-inf")).amax(dim=1, keepdim=True)
-        ranks[start : start + len(q)] = 1 + ((scores >= best) & ~relevant).sum(dim=1)
-    return ranks.numpy()
 
 
-def rank_both_directions(embeddings: Mapping[str, torch.Tensor], split: Split, chunk_size: int = 1024) -> dict[str, Ranking]:
+@torch.no_grad()
+def rank(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    query_groups,
+    gallery_groups,
+    direction: str = "",
+    block_elements: int = 2**24,
+    normalized: bool = False,
+) -> Ranking:
+    """Exact ranks of every relevant gallery item for each query, by cosine similarity.
+
+    An item is relevant to a query when their groups are equal; every query needs at
+    least one.  Queries are scored in chunks against the whole gallery and each
+    relevant item's rank is counted, never sorted for: memory stays
+    O(``block_elements``), about 4 bytes each, whatever the number of queries.
+
+    Ties are pessimistic: an irrelevant item scored exactly like a relevant one ranks
+    above it; tied relevant items keep gallery order among themselves.
+    """
+    _check_finite(query=queries, gallery=gallery)
+    if not normalized:
+        queries = torch.nn.functional.normalize(queries.float(), dim=-1)
+        gallery = torch.nn.functional.normalize(gallery.float(), dim=-1)
+    qg = torch.as_tensor(np.asarray(query_groups), dtype=torch.long)
+    gg = torch.as_tensor(np.asarray(gallery_groups), dtype=torch.long)
+    n_gallery = len(gallery)
+
+    # Relevant items per query, known before scoring: chunks are sized to them.
+    values, counts = torch.unique(gg, return_counts=True)
+    lookup = dict(zip(values.tolist(), counts.tolist()))
+    per_query = np.array([lookup.get(g, 0) for g in qg.tolist()], dtype=np.int64)
+    if (per_query == 0).any():
+        raise ValueError(f"{(per_query == 0).sum()} queries have no relevant item in the gallery")
+    offsets = np.concatenate([[0], np.cumsum(per_query)])
+    positions = np.empty(offsets[-1], dtype=np.int64)
+
+    rows_per_chunk = max(1, block_elements // max(1, n_gallery))
+    for start in range(0, len(queries), rows_per_chunk):
+        stop = min(len(queries), start + rows_per_chunk)
+        scores = queries[start:stop] @ gallery.T
+        relevant = qg[start:stop, None] == gg[None, :]
+        rows, cols = relevant.nonzero(as_tuple=True)  # row-major: by query, then gallery order
+        rel_scores = scores[rows, cols]
+        # Relevant items ranked above each relevant item: higher score, or equal score and earlier in the gallery.
+        order = np.lexsort((cols.numpy(), -rel_scores.numpy(), rows.numpy()))
+        chunk_offsets = offsets[start : stop + 1] - offsets[start]
+        within = np.empty(len(order), dtype=np.int64)
+        within[order] = np.arange(len(order)) - np.repeat(chunk_offsets[:-1], per_query[start:stop])
+        # Irrelevant items scored at least as high, counted in blocks of entries.
+        ahead = torch.empty(len(rows), dtype=torch.long)
+        step = max(1, block_elements // max(1, n_gallery))
+        for e in range(0, len(rows), step):
+            r = rows[e : e + step]
+            block = scores[r] >= rel_scores[e : e + step, None]
+            ahead[e : e + step] = (block & ~relevant[r]).sum(dim=1)
+        ranked = 1 + ahead.numpy() + within
+        # Store each query's positions in ascending order.
+        sort_within = np.lexsort((ranked, rows.numpy()))
+        positions[offsets[start] : offsets[stop]] = ranked[sort_within]
+    first = positions[offsets[:-1]]
+    return Ranking(direction, first, positions, offsets, n_gallery)
+
+
+def first_relevant_ranks(queries, gallery, query_groups, gallery_groups, block_elements: int = 2**24) -> np.ndarray:
+    """Rank (1-based) of the best-placed relevant gallery item for each query."""
+    return rank(queries, gallery, query_groups, gallery_groups, block_elements=block_elements).ranks
+
+
+def rank_both_directions(
+    embeddings: Mapping[str, torch.Tensor], split: Split, block_elements: int = 2**24
+) -> Rankings:
     """Rankings for first->second and second->first modality (``i2t`` and ``t2i``)."""
     a, b = split.modalities
-    groups = {m: torch.as_tensor(split.groups(m)) for m in (a, b)}
+    _check_finite(**{m: embeddings[m] for m in (a, b)})
+    normalised = {m: torch.nn.functional.normalize(embeddings[m].float(), dim=-1) for m in (a, b)}
+    groups = {m: split.groups(m) for m in (a, b)}
     out = {}
     for query, gallery in ((a, b), (b, a)):
         name = direction_name(query, gallery)
-        ranks = first_relevant_ranks(embeddings[query], embeddings[gallery], groups[query], groups[gallery], chunk_size)
-        out[name] = Ranking(name, ranks)
-    return out
+        out[name] = rank(
+            normalised[query], normalised[gallery], groups[query], groups[gallery], name, block_elements, normalized=True
+        )
+    return Rankings(out, normalised)
 
 
 def compute_metrics(rankings: Mapping[str, Ranking], metrics: list[Metric]) -> dict[str, float]:
@@ -120,3 +202,52 @@ def _fmt(value: float | None, key: str = "") -> str:
     if "/med" in key or abs(value) > 1:
         return f"{value:.0f}" if float(value).is_integer() else f"{value:.2f}"
     return f"{value:.4f}"
+
+
+def load_embeddings_file(path) -> tuple[Split, dict[str, torch.Tensor]]:
+    """Read an ``.npz`` of embeddings computed anywhere: ``image`` (N x d), ``text`` (M x d),
+    ``text_to_image`` (M ints), optional ``image_labels`` / ``text_labels`` (class ids).
+
+    With labels, relevance is by class (``image_labels`` and ``text_labels`` both); without,
+    a text is relevant to its own image.
+    """
+    from pathlib import Path
+
+    from xmcore.errors import XmcoreError
+
+    path = Path(path)
+    if not path.is_file():
+        raise XmcoreError(f"--embeddings: no such file {path}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (ValueError, OSError) as exc:
+        raise XmcoreError(f"--embeddings: {path} is not a readable .npz file ({exc})") from None
+    missing = [k for k in ("image", "text", "text_to_image") if k not in arrays]
+    if missing:
+        raise XmcoreError(
+            f"--embeddings: {path} has no array {', '.join(map(repr, missing))}; expected image (N x d), "
+            f"text (M x d), text_to_image (M), optionally image_labels (N) and text_labels (M); it has: {', '.join(arrays)}"
+        )
+    image, text, owner = arrays["image"], arrays["text"], arrays["text_to_image"]
+    problems = []
+    if image.ndim != 2 or text.ndim != 2 or image.shape[1] != text.shape[1]:
+        problems.append(f"image {image.shape} and text {text.shape} must be 2-D with the same width")
+    if owner.shape != (len(text),) or not np.issubdtype(owner.dtype, np.integer):
+        problems.append(f"text_to_image must hold {len(text)} integers, got {owner.dtype} {owner.shape}")
+    elif len(owner) and (owner.min() < 0 or owner.max() >= len(image)):
+        problems.append(f"text_to_image values must lie in [0, {len(image)})")
+    has_labels = "image_labels" in arrays or "text_labels" in arrays
+    if has_labels and not ("image_labels" in arrays and "text_labels" in arrays):
+        problems.append("give both image_labels and text_labels, or neither")
+    if problems:
+        raise XmcoreError(f"--embeddings: {path}: " + "; ".join(problems))
+    split = Split(
+        ("image", "text"),
+        {"image": range(len(image)), "text": range(len(text))},
+        owner,
+        labels=arrays["image_labels"] if has_labels else None,
+        relevance="label" if has_labels else "owner",
+        member_labels=arrays["text_labels"] if has_labels else None,
+    )
+    return split, {"image": torch.from_numpy(np.ascontiguousarray(image)), "text": torch.from_numpy(np.ascontiguousarray(text))}

@@ -161,12 +161,19 @@ class TrainerSection(_Section):
         return value
 
 
+DEFAULT_METRICS = [
+    {"name": "recall", "k": [1, 5, 10]},
+    {"name": "rank"},
+    {"name": "map"},
+    {"name": "ndcg", "k": [10]},
+    {"name": "modality-gap"},
+]
+
+
 class EvalSection(_Section):
     split: str = Field("test", description="the split evaluated after training")
     batch_size: int = Field(256, gt=0)
-    metrics: list[MetricSection] = Field(
-        default_factory=lambda: [MetricSection(name="recall"), MetricSection(name="rank")]
-    )
+    metrics: list[MetricSection] = Field(default_factory=lambda: [MetricSection(**m) for m in DEFAULT_METRICS])
 
 
 class Recipe(_Section):
@@ -328,43 +335,7 @@ def validate(loaded: LoadedRecipe, plugins) -> Recipe:
         raise RecipeError([f"{src}: {p}" for p in problems]) from None
 
     for path, section in recipe.component_sections():
-        kind = _SECTION_KIND[type(section)]
-        registry = plugins[kind]
-        if section.name not in registry:
-            problems.append(f"{path}.name: {registry.unknown_message(section.name)}")
-            continue
-        component = registry.get(section.name)
-        modality = path.split(".")[1] if kind in ("encoder", "augmentation") else None
-        if modality and not component.accepts(modality):
-            fits = [c.name for c in registry if c.accepts(modality)]
-            problems.append(
-                f"{path}.name: {kind} '{section.name}' does not accept modality '{modality}' "
-                f"(it accepts: {', '.join(component.modalities)}); {kind}s for {modality}: {', '.join(fits) or 'none'}"
-            )
-            continue
-        extra = dict(section.model_extra or {})
-        declared = set(component.params.model_fields)
-        if path in loaded.replaced_names:
-            # An override chose another component: parameters the file gave the old one,
-            # which the new one does not declare, are dropped -- out loud.  Keys typed on
-            # the command line are never dropped: they stay errors.
-            for key in sorted(set(extra) - declared - {k.rpartition(".")[2] for k in loaded.overridden if k.rpartition(".")[0] == path}):
-                print(f"note: {path}.{key} dropped: not a parameter of {kind} '{section.name}'", file=sys.stderr, flush=True)
-                del extra[key]
-        try:
-            section._params = component.params.model_validate(extra)
-            section._component = component
-        except ValidationError as exc:
-            for e in exc.errors():
-                if e["type"] == "extra_forbidden":
-                    key = e["loc"][0]
-                    valid = sorted(declared | set(type(section).model_fields))
-                    problems.append(
-                        f"{path}.{key}: unknown parameter of {kind} '{section.name}'; "
-                        f"{did_you_mean(key, valid)}valid keys: {', '.join(valid)}"
-                    )
-                else:
-                    problems.append(_pydantic_problem(e, prefix=path))
+        problems += validate_component(section, path, plugins, loaded)
     if not recipe.encoders:
         problems.append("encoders: expected one encoder per modality, e.g. encoders.image.name: timm")
     elif recipe.data._component is not None and recipe.data.component.modalities:
@@ -376,6 +347,49 @@ def validate(loaded: LoadedRecipe, plugins) -> Recipe:
     if problems:
         raise RecipeError([f"{src}: {p}" for p in problems])
     return recipe
+
+
+def validate_component(section: ComponentSection, path: str, plugins, loaded: LoadedRecipe | None = None) -> list[str]:
+    """Check one component section against its component's declaration; attach params and component."""
+    kind = _SECTION_KIND[type(section)]
+    registry = plugins[kind]
+    if section.name not in registry:
+        return [f"{path}.name: {registry.unknown_message(section.name)}"]
+    component = registry.get(section.name)
+    modality = path.split(".")[1] if kind in ("encoder", "augmentation") else None
+    if modality and not component.accepts(modality):
+        fits = [c.name for c in registry if c.accepts(modality)]
+        return [
+            f"{path}.name: {kind} '{section.name}' does not accept modality '{modality}' "
+            f"(it accepts: {', '.join(component.modalities)}); {kind}s for {modality}: {', '.join(fits) or 'none'}"
+        ]
+    extra = dict(section.model_extra or {})
+    declared = set(component.params.model_fields)
+    if loaded is not None and path in loaded.replaced_names:
+        # An override chose another component: parameters the file gave the old one,
+        # which the new one does not declare, are dropped -- out loud.  Keys typed on
+        # the command line are never dropped: they stay errors.
+        typed = {k.rpartition(".")[2] for k in loaded.overridden if k.rpartition(".")[0] == path}
+        for key in sorted(set(extra) - declared - typed):
+            print(f"note: {path}.{key} dropped: not a parameter of {kind} '{section.name}'", file=sys.stderr, flush=True)
+            del extra[key]
+    try:
+        section._params = component.params.model_validate(extra)
+        section._component = component
+    except ValidationError as exc:
+        problems = []
+        for e in exc.errors():
+            if e["type"] == "extra_forbidden":
+                key = e["loc"][0]
+                valid = sorted(declared | set(type(section).model_fields))
+                problems.append(
+                    f"{path}.{key}: unknown parameter of {kind} '{section.name}'; "
+                    f"{did_you_mean(key, valid)}valid keys: {', '.join(valid)}"
+                )
+            else:
+                problems.append(_pydantic_problem(e, prefix=path))
+        return problems
+    return []
 
 
 def _pydantic_problem(error: dict[str, Any], prefix: str = "") -> str:

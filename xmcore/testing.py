@@ -182,13 +182,19 @@ def check_loss(component: Component) -> None:
 
 
 def check_metric(component: Component) -> None:
-    """Returns finite floats under ``<direction>/<metric>`` or bare global ids."""
+    """Returns finite floats under ``<direction>/<metric>`` or bare global ids, for a real evaluation."""
     import numpy as np
+    import torch
 
-    from xmcore.evaluation import Ranking
+    from xmcore.data import Split
+    from xmcore.evaluation import rank_both_directions
 
+    g = torch.Generator().manual_seed(0)
+    owner = np.repeat(np.arange(6), 2)
+    split = Split(("image", "text"), {"image": list(range(6)), "text": list(range(12))}, owner)
+    embeddings = {"image": torch.randn(6, 8, generator=g), "text": torch.randn(12, 8, generator=g)}
+    rankings = rank_both_directions(embeddings, split)
     metric = build(component)
-    rankings = {"i2t": Ranking("i2t", np.array([1, 2, 7])), "t2i": Ranking("t2i", np.array([1, 1, 30, 4]))}
     values = metric(rankings)
     assert values, "a metric returns at least one value"
     for key, value in values.items():

@@ -1,0 +1,114 @@
+"""The metric computations, vectorised over all queries.
+
+Definitions follow the references they are tested against (tests/test_conformance.py):
+torchmetrics' RetrievalHitRate, RetrievalRecall, RetrievalPrecision, RetrievalMAP (with
+and without top_k) and RetrievalNormalizedDCG, and CLIP_benchmark's recall_at_k rule.
+mAP over the full ranking is the protocol of DSCMR (L. Zhen et al., "Deep Supervised
+Cross-Modal Retrieval", CVPR 2019); mAP@R follows K. Musgrave et al., "A Metric
+Learning Reality Check", ECCV 2020; the modality gap follows W. Liang et al., "Mind
+the Gap", NeurIPS 2022.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+
+def _per_query(r, weights: np.ndarray) -> np.ndarray:
+    return np.bincount(r.query_of_position, weights=weights, minlength=len(r.ranks))
+
+
+class Recall:
+    def __init__(self, ks: list[int], rsum: bool):
+        self.ks = ks
+        self.rsum = rsum
+
+    def __call__(self, rankings: Mapping) -> dict[str, float]:
+        out = {f"{d}/R@{k}": float(np.mean(r.ranks <= k)) for d, r in rankings.items() for k in self.ks}
+        if self.rsum:
+            out["rsum"] = float(sum(out.values()))
+        return out
+
+
+def rank_metrics(rankings: Mapping) -> dict[str, float]:
+    out = {}
+    for d, r in rankings.items():
+        out[f"{d}/medR"] = float(np.floor(np.median(r.ranks)))
+        out[f"{d}/meanR"] = float(np.mean(r.ranks))
+    return out
+
+
+class RecallFraction:
+    def __init__(self, ks: list[int]):
+        self.ks = ks
+
+    def __call__(self, rankings: Mapping) -> dict[str, float]:
+        return {
+            f"{d}/Recall@{k}": float(np.mean(_per_query(r, (r.positions <= k).astype(float)) / r.num_relevant))
+            for d, r in rankings.items()
+            for k in self.ks
+        }
+
+
+class Precision:
+    def __init__(self, ks: list[int]):
+        self.ks = ks
+
+    def __call__(self, rankings: Mapping) -> dict[str, float]:
+        return {
+            f"{d}/P@{k}": float(np.mean(_per_query(r, (r.positions <= k).astype(float)) / k))
+            for d, r in rankings.items()
+            for k in self.ks
+        }
+
+
+class MeanAveragePrecision:
+    def __init__(self, ks: list[int]):
+        self.ks = ks
+
+    def __call__(self, rankings: Mapping) -> dict[str, float]:
+        out = {}
+        for d, r in rankings.items():
+            precision_at_hit = r.index_within_query / r.positions
+            out[f"{d}/mAP"] = float(np.mean(_per_query(r, precision_at_hit) / r.num_relevant))
+            for k in self.ks:
+                inside = r.positions <= k
+                found = _per_query(r, inside.astype(float))
+                total = _per_query(r, precision_at_hit * inside)
+                # torchmetrics' top_k AP: averaged over the relevant items found in the top K; 0 when none is
+                out[f"{d}/mAP@{k}"] = float(np.mean(np.divide(total, found, out=np.zeros_like(total), where=found > 0)))
+        return out
+
+
+def map_at_r(rankings: Mapping) -> dict[str, float]:
+    out = {}
+    for d, r in rankings.items():
+        within_r = r.positions <= np.repeat(r.num_relevant, r.num_relevant)
+        total = _per_query(r, (r.index_within_query / r.positions) * within_r)
+        out[f"{d}/mAP@R"] = float(np.mean(total / r.num_relevant))
+    return out
+
+
+class NDCG:
+    def __init__(self, ks: list[int]):
+        self.ks = ks
+
+    def __call__(self, rankings: Mapping) -> dict[str, float]:
+        out = {}
+        for d, r in rankings.items():
+            discount = 1.0 / np.log2(r.positions + 1.0)
+            for k in self.ks:
+                dcg = _per_query(r, discount * (r.positions <= k))
+                ideal = np.cumsum(1.0 / np.log2(np.arange(1, k + 1) + 1.0))[np.minimum(r.num_relevant, k) - 1]
+                out[f"{d}/NDCG@{k}"] = float(np.mean(dcg / ideal))
+        return out
+
+
+def modality_gap(rankings: Mapping) -> dict[str, float]:
+    embeddings = getattr(rankings, "embeddings", {})
+    if len(embeddings) != 2:
+        return {}
+    a, b = (e.mean(dim=0) for e in embeddings.values())
+    return {"gap": float((a - b).norm())}
