@@ -126,3 +126,24 @@ def test_a_failed_run_directory_can_be_reused(plugins, tmp_path):
     assert failed.returncode == 1 and (out / "recipe.yaml").is_file()
     result = run_cli("run", recipe, *tiny_overrides(recipe, plugins), "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_evaluate_a_trained_run_on_its_split_and_on_other_data(plugins, tmp_path):
+    recipe = [r for r in RECIPES if r.stem == "quickstart"][0]
+    run_dir = tmp_path / "run"
+    trained = run_cli("run", recipe, *tiny_overrides(recipe, plugins), "--out", run_dir)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    again = run_cli("evaluate", run_dir, "--out", tmp_path / "again")
+    assert again.returncode == 0, again.stderr[-3000:]
+    first = json.loads((run_dir / "metrics.json").read_text())
+    second = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert second == pytest.approx(first)  # the same checkpoint on the same split: the same numbers
+
+    # other data: a differently seeded shapes set, so captions the LSTM never saw; the vocabulary comes from the checkpoint
+    other = run_cli("evaluate", run_dir, "data.seed=5", "data.test=12", "eval.metrics=[{name: map}]")
+    assert other.returncode == 0, other.stderr[-3000:]
+    (written,) = (run_dir / "evaluations").iterdir()
+    assert set(json.loads((written / "metrics.json").read_text())) == {"i2t/mAP", "t2i/mAP"}
+
+    missing = run_cli("evaluate", tmp_path)
+    assert missing.returncode == 1 and "no recipe.yaml" in missing.stderr

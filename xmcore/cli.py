@@ -35,10 +35,14 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
     val.add_argument("--print", action="store_true", dest="show", help="print the resolved recipe")
 
-    ev = sub.add_parser("evaluate", help="evaluate embeddings computed anywhere (an .npz file)")
-    ev.add_argument("--embeddings", type=Path, required=True, metavar="NPZ",
+    ev = sub.add_parser("evaluate", help="evaluate a trained run (RUN_DIR), or embeddings computed anywhere (--embeddings)")
+    ev.add_argument("run_dir", nargs="?", type=Path, metavar="RUN_DIR", help="a directory written by `xmcore run`")
+    ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="with RUN_DIR: change the data or eval keys, e.g. data.name=csv data.path=other.tsv")
+    ev.add_argument("--embeddings", type=Path, metavar="NPZ",
                     help="image (N x d), text (M x d), text_to_image (M); optional image_labels, text_labels")
-    ev.add_argument("--out", type=Path, required=True, help="directory for metrics.json and metrics.md")
+    ev.add_argument("--out", type=Path, help="directory for metrics.json and metrics.md "
+                    "(default with RUN_DIR: RUN_DIR/evaluations/<timestamp>; required with --embeddings)")
     ev.add_argument("--metrics", metavar="YAML", help="metric list as YAML, e.g. '[{name: recall, k: [1, 5]}]' "
                     "(default: recall, rank, map, ndcg@10, modality-gap)")
 
@@ -106,6 +110,12 @@ def cmd_run(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    if (args.run_dir is None) == (args.embeddings is None):
+        raise XmcoreError("evaluate: give either RUN_DIR or --embeddings FILE.npz")
+    if args.run_dir is not None:
+        return _evaluate_run(args)
+    if args.out is None:
+        raise XmcoreError("evaluate --embeddings: --out DIR is required")
     import yaml
     from pydantic import TypeAdapter, ValidationError
 
@@ -132,6 +142,19 @@ def cmd_evaluate(args) -> int:
     atomic_write_text(args.out / "metrics.md", f"# {args.embeddings.name}\n\n" + metrics_table(values))
     print(metrics_table(values))
     print(f"written: {args.out / 'metrics.json'}")
+    return 0
+
+
+def _evaluate_run(args) -> int:
+    from xmcore.evaluation import metrics_table
+    from xmcore.plugins import load_plugins
+    from xmcore.run import evaluate_run
+
+    if args.metrics:
+        raise XmcoreError("evaluate RUN_DIR: choose metrics with eval.metrics=... overrides, not --metrics")
+    metrics, out = evaluate_run(args.run_dir, args.overrides, load_plugins(), args.out)
+    print(metrics_table(metrics))
+    print(f"written: {out / 'metrics.json'}")
     return 0
 
 

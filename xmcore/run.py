@@ -221,26 +221,16 @@ def embed_split(module, datamodule, recipe: Recipe, split, checkpoint: str | Non
     return embeddings
 
 
-def train_and_evaluate(recipe: Recipe, plugins: Plugins, base_dir: Path, run_dir: Path, resume: bool = False) -> dict[str, float]:
-    import pytorch_lightning as pl
-    import torch
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-    from pytorch_lightning.loggers import CSVLogger
-
+def assemble(recipe: Recipe, base_dir: Path, run_dir: Path | None, precompute_frozen: bool = True):
+    """Build the components, the LightningModule and the LightningDataModule for a recipe."""
     from xmcore.datamodule import RetrievalDataModule
     from xmcore.features import FeaturePassThrough, cacheable_modalities, precompute
     from xmcore.module import RetrievalModule
 
-    resolved = recipe.resolved()
-    resume_from = prepare_run_dir(run_dir, resume, resolved)
-    write_yaml(run_dir / "recipe.yaml", resolved)
-    write_json(run_dir / "environment.json", environment(recipe, plugins))
-
-    pl.seed_everything(recipe.seed, workers=True, verbose=False)
     built = build_components(recipe, base_dir, run_dir)
     modalities = built.data.modalities
     frozen = {m for m, e in recipe.encoders.items() if e.freeze and m in modalities}
-    precomputed = cacheable_modalities(frozen, built.augment)
+    precomputed = cacheable_modalities(frozen, built.augment) if precompute_frozen else set()
     if precomputed:
         print(f"encoding {', '.join(sorted(precomputed))} once with the frozen encoder", file=sys.stderr, flush=True)
         precompute(built.data, built.encoders, precomputed, recipe.eval.batch_size, recipe.data.num_workers)
@@ -253,7 +243,7 @@ def train_and_evaluate(recipe: Recipe, plugins: Plugins, base_dir: Path, run_dir
         optimizer=recipe.optimizer.model_dump(),
         frozen=frozen,
         precomputed=precomputed,
-        extra_checkpoint={"xmcore_recipe": resolved},
+        extra_checkpoint={"xmcore_recipe": recipe.resolved(), "xmcore_base_dir": str(base_dir)},
     )
     datamodule = RetrievalDataModule(
         built.data,
@@ -265,6 +255,39 @@ def train_and_evaluate(recipe: Recipe, plugins: Plugins, base_dir: Path, run_dir
         seed=recipe.seed,
         caption_sampling=recipe.data.caption_sampling,
     )
+    return built, module, datamodule
+
+
+def evaluate_and_write(module, datamodule, built: Built, recipe: Recipe, out_dir: Path, checkpoint: str | None,
+                       title: str) -> dict[str, float]:
+    """Embed the evaluation split, rank, compute the metrics, write metrics.json and metrics.md."""
+    split = built.data.splits[recipe.eval.split]
+    embeddings = embed_split(module, datamodule, recipe, split, checkpoint)
+    try:
+        rankings = rank_both_directions(embeddings, split)
+    except NonFiniteEmbeddings as exc:
+        raise XmcoreError(
+            f"evaluation: {exc}: the model diverged (see val/loss in the run's logs/metrics.csv); "
+            "lower optimizer.lr or set trainer.gradient_clip_val"
+        ) from None
+    metrics = compute_metrics(rankings, built.metrics)
+    write_json(out_dir / "metrics.json", metrics)
+    atomic_write_text(out_dir / "metrics.md", f"# {title}\n\n" + metrics_table(metrics))
+    return metrics
+
+
+def train_and_evaluate(recipe: Recipe, plugins: Plugins, base_dir: Path, run_dir: Path, resume: bool = False) -> dict[str, float]:
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger
+
+    resolved = recipe.resolved()
+    resume_from = prepare_run_dir(run_dir, resume, resolved)
+    write_yaml(run_dir / "recipe.yaml", resolved)
+    write_json(run_dir / "environment.json", environment(recipe, plugins))
+
+    pl.seed_everything(recipe.seed, workers=True, verbose=False)
+    built, module, datamodule = assemble(recipe, base_dir, run_dir)
     has_val = "val" in built.data.splits
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -288,16 +311,35 @@ def train_and_evaluate(recipe: Recipe, plugins: Plugins, base_dir: Path, run_dir
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
 
     best = checkpoint.best_model_path or checkpoint.last_model_path or None  # none under fast_dev_run
-    split = built.data.splits[recipe.eval.split]
-    embeddings = embed_split(module, datamodule, recipe, split, best)
-    try:
-        rankings = rank_both_directions(embeddings, split)
-    except NonFiniteEmbeddings as exc:
-        raise XmcoreError(
-            f"evaluation: {exc}: training diverged (see val/loss in {run_dir / 'logs' / 'metrics.csv'}); "
-            "lower optimizer.lr or set trainer.gradient_clip_val"
-        ) from None
-    metrics = compute_metrics(rankings, built.metrics)
-    write_json(run_dir / "metrics.json", metrics)
-    atomic_write_text(run_dir / "metrics.md", f"# {recipe.name}: {recipe.eval.split} split\n\n" + metrics_table(metrics))
-    return metrics
+    return evaluate_and_write(module, datamodule, built, recipe, run_dir, best, f"{recipe.name}: {recipe.eval.split} split")
+
+
+def best_checkpoint(run_dir: Path) -> Path:
+    for name in ("best.ckpt", "last.ckpt"):
+        if (run_dir / "checkpoints" / name).is_file():
+            return run_dir / "checkpoints" / name
+    raise XmcoreError(f"{run_dir}: no checkpoints/best.ckpt or last.ckpt; is it an xmcore run directory that trained?")
+
+
+def evaluate_run(run_dir: Path, overrides: list[str], plugins: Plugins, out_dir: Path | None = None) -> tuple[dict, Path]:
+    """Evaluate a trained run's best checkpoint on its recipe's evaluation split, or on other data (overrides)."""
+    import torch
+
+    from xmcore.recipe import load_recipe, validate
+
+    source = run_dir / "recipe.yaml"
+    if not source.is_file():
+        raise XmcoreError(f"{run_dir}: no recipe.yaml; expected a run directory written by `xmcore run`")
+    checkpoint = best_checkpoint(run_dir)
+    loaded = load_recipe(source, overrides)
+    recipe = validate(loaded, plugins)
+    stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    # Relative paths in the stored recipe were relative to the original recipe's folder.
+    base_dir = Path(stored.get("xmcore_base_dir", run_dir))
+    out_dir = out_dir or run_dir / "evaluations" / time.strftime("%Y%m%d-%H%M%S")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    built, module, datamodule = assemble(recipe, base_dir, out_dir, precompute_frozen=False)
+    module.load_state_dict(stored["state_dict"])
+    write_yaml(out_dir / "recipe.yaml", recipe.resolved())
+    title = f"{recipe.name}: {checkpoint.name} on the {recipe.eval.split} split"
+    return evaluate_and_write(module, datamodule, built, recipe, out_dir, None, title), out_dir

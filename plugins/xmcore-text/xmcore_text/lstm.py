@@ -110,6 +110,7 @@ class LSTMEncoder(Encoder):
         self.pooling = pooling
         self.output_dim = hidden * (2 if bidirectional else 1)
         self.preprocessor = TokenPreprocessor(vocab, max_length)
+        self.register_load_state_dict_pre_hook(_adopt_checkpoint_vocabulary)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         tokens, lengths = batch["tokens"], batch["lengths"]
@@ -132,11 +133,18 @@ class LSTMEncoder(Encoder):
         return {"vocab": self.vocab.words}
 
     def set_extra_state(self, state) -> None:
-        words = list(state["vocab"])
-        if len(words) != self.embedding.num_embeddings:
-            raise XmcoreError(
-                f"checkpoint vocabulary has {len(words)} words, the encoder {self.embedding.num_embeddings}: "
-                "it was trained on other captions"
-            )
-        self.vocab = Vocabulary(words)
+        self.vocab = Vocabulary(list(state["vocab"]))
         self.preprocessor = TokenPreprocessor(self.vocab, self.preprocessor.max_length)
+
+
+def _adopt_checkpoint_vocabulary(module: LSTMEncoder, state_dict, prefix, *args) -> None:
+    """Before weights load, size the embedding to the checkpoint's vocabulary, so a checkpoint loads
+    into an encoder built on any captions (evaluating on other data, serving)."""
+    extra = state_dict.get(prefix + "_extra_state")
+    if not extra or "vocab" not in extra:
+        return
+    words = list(extra["vocab"])
+    if len(words) != module.embedding.num_embeddings:
+        old = module.embedding
+        module.embedding = nn.Embedding(len(words), old.embedding_dim, padding_idx=0).to(old.weight.device)
+    module.set_extra_state(extra)
