@@ -32,9 +32,9 @@ def run_streaming(n: int, d: int) -> dict:
     import numpy as np
 
     from xmcore.data import Split
-    from xmcore.evaluation import rank_both_directions
+    from xmcore.evaluation import normalize_, rank_both_directions
 
-    images, texts = make(n, d)
+    images, texts = (normalize_(e) for e in make(n, d))  # as `xmcore evaluate --embeddings` loads them
     split = Split(("image", "text"), {"image": range(n), "text": range(n)}, np.arange(n))
     start = time.perf_counter()
     rankings = rank_both_directions({"image": images, "text": texts}, split)

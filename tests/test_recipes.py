@@ -147,3 +147,18 @@ def test_evaluate_a_trained_run_on_its_split_and_on_other_data(plugins, tmp_path
 
     missing = run_cli("evaluate", tmp_path)
     assert missing.returncode == 1 and "no recipe.yaml" in missing.stderr
+
+    # reports: written by run and evaluate, drawn again by `xmcore report`, compared by `xmcore compare`
+    for d in (run_dir, written):
+        report = (d / "report.md").read_text()
+        for figure in ("recall_at_k.png", "projection.png", "gallery.png"):
+            assert f"]({figure})" in report and (d / figure).read_bytes()[:4] == b"\x89PNG"
+    assert "](curves.png)" in (run_dir / "report.md").read_text()
+    (run_dir / "gallery.png").unlink()
+    redraw = run_cli("report", run_dir)
+    assert redraw.returncode == 0, redraw.stderr[-3000:]
+    assert (run_dir / "gallery.png").is_file()
+    compared = run_cli("compare", run_dir, written, "--out", tmp_path / "cmp")
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    assert "data.seed" in compared.stdout and "eval.metrics" in compared.stdout
+    assert (tmp_path / "cmp" / "comparison.png").is_file() and (tmp_path / "cmp" / "comparison.md").is_file()

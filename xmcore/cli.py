@@ -46,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--metrics", metavar="YAML", help="metric list as YAML, e.g. '[{name: recall, k: [1, 5]}]' "
                     "(default: recall, rank, map, ndcg@10, modality-gap)")
 
+    rep = sub.add_parser("report", help="draw a run's report (report.md and figures) again")
+    rep.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+
+    cmp_ = sub.add_parser("compare", help="compare runs: metrics side by side with the recipe keys that differ")
+    cmp_.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    cmp_.add_argument("--out", type=Path, help="where comparison.md and comparison.png go (default: runs/compare-<timestamp>)")
+
     data = sub.add_parser("data", help="look at a recipe's dataset")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     insp = data_sub.add_parser("inspect", help="per split: items, captions per image, labels, problems, examples")
@@ -63,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         commands = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "data": cmd_data,
-                    "evaluate": cmd_evaluate}
+                    "evaluate": cmd_evaluate, "report": cmd_report, "compare": cmd_compare}
         return commands[args.command](args)
     except XmcoreError as exc:
         print(f"error: {exc}" if "\n" not in str(exc) else f"error:\n{exc}", file=sys.stderr)
@@ -137,11 +144,35 @@ def cmd_evaluate(args) -> int:
         raise RecipeError(problems)
     metrics = [s.component.build(s.params, BuildContext()) for s in sections]
     split, embeddings = load_embeddings_file(args.embeddings)
-    values = compute_metrics(rank_both_directions(embeddings, split), metrics)
+    rankings = rank_both_directions(embeddings, split)
+    values = compute_metrics(rankings, metrics)
     write_json(args.out / "metrics.json", values)
     atomic_write_text(args.out / "metrics.md", f"# {args.embeddings.name}\n\n" + metrics_table(values))
+    from xmcore.report import write_report
+
+    write_report(args.out, args.embeddings.name, values, rankings, {m: e.numpy() for m, e in rankings.embeddings.items()})
     print(metrics_table(values))
     print(f"written: {args.out / 'metrics.json'}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from xmcore.plugins import load_plugins
+    from xmcore.report import regenerate
+
+    print(f"written: {regenerate(args.run_dir, load_plugins())}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    import time
+
+    from xmcore.report import compare
+
+    out = args.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    table, chart = compare(args.run_dirs, out)
+    print(table)
+    print(f"written: {out / 'comparison.md'}, {chart}")
     return 0
 
 

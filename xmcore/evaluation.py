@@ -70,6 +70,18 @@ class Rankings(dict):
         self.embeddings = dict(embeddings or {})
 
 
+def _unit(emb: torch.Tensor) -> torch.Tensor:
+    """L2-normalised float32 rows; the tensor itself when it already is (no copy of a large gallery)."""
+    if emb.dtype == torch.float32 and bool(torch.allclose(emb.norm(dim=-1), torch.ones(()), atol=1e-5)):
+        return emb
+    return torch.nn.functional.normalize(emb.float(), dim=-1)
+
+
+def normalize_(emb: torch.Tensor) -> torch.Tensor:
+    """Normalise float32 rows in place (for large galleries: no second copy)."""
+    return emb.div_(emb.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+
 def direction_name(query_modality: str, gallery_modality: str) -> str:
     return f"{query_modality[0]}2{gallery_modality[0]}"
 
@@ -131,7 +143,7 @@ def rank(
         within[order] = np.arange(len(order)) - np.repeat(chunk_offsets[:-1], per_query[start:stop])
         # Irrelevant items scored at least as high, counted in blocks of entries.
         ahead = torch.empty(len(rows), dtype=torch.long)
-        step = max(1, block_elements // max(1, n_gallery))
+        step = max(1, block_elements // 2 // max(1, n_gallery))
         for e in range(0, len(rows), step):
             r = rows[e : e + step]
             block = scores[r] >= rel_scores[e : e + step, None]
@@ -155,7 +167,7 @@ def rank_both_directions(
     """Rankings for first->second and second->first modality (``i2t`` and ``t2i``)."""
     a, b = split.modalities
     _check_finite(**{m: embeddings[m] for m in (a, b)})
-    normalised = {m: torch.nn.functional.normalize(embeddings[m].float(), dim=-1) for m in (a, b)}
+    normalised = {m: _unit(embeddings[m]) for m in (a, b)}
     groups = {m: split.groups(m) for m in (a, b)}
     out = {}
     for query, gallery in ((a, b), (b, a)):
@@ -250,4 +262,7 @@ def load_embeddings_file(path) -> tuple[Split, dict[str, torch.Tensor]]:
         relevance="label" if has_labels else "owner",
         member_labels=arrays["text_labels"] if has_labels else None,
     )
-    return split, {"image": torch.from_numpy(np.ascontiguousarray(image)), "text": torch.from_numpy(np.ascontiguousarray(text))}
+    tensors = {"image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
+               "text": torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32))}
+    _check_finite(**tensors)
+    return split, {m: normalize_(t) for m, t in tensors.items()}

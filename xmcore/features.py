@@ -8,6 +8,7 @@ by encoder, preprocessing and data plugs in here.)
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping
 
 import torch
@@ -47,13 +48,16 @@ class FeatureRows(list):
 
 def precompute(
     data: RetrievalData, encoders: Mapping[str, Encoder], modalities: set[str], batch_size: int, num_workers: int = 0
-) -> None:
-    """Replace the items of ``modalities`` in every split with their (frozen) encoder features."""
+) -> RetrievalData:
+    """A copy of ``data`` whose items of ``modalities`` are their (frozen) encoder's features."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    splits = {}
     for name, split in data.splits.items():
+        items = dict(split.items)
         for m in sorted(modalities):
-            feats = encode_items(encoders[m], split.items[m], batch_size, num_workers, device)
-            split.items[m] = FeatureRows(feats.unbind(0))
+            items[m] = FeatureRows(encode_items(encoders[m], split.items[m], batch_size, num_workers, device).unbind(0))
+        splits[name] = dataclasses.replace(split, items=items)
+    return dataclasses.replace(data, splits=splits)
 
 
 class FeaturePassThrough(Preprocessor):

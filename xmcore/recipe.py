@@ -173,6 +173,12 @@ DEFAULT_METRICS = [
 class EvalSection(_Section):
     split: str = Field("test", description="the split evaluated after training")
     batch_size: int = Field(256, gt=0)
+    every_n_epochs: int = Field(
+        1, ge=0, description="compute the metrics on the validation split every N epochs during training (0: never)"
+    )
+    monitor: str = Field(
+        "rsum", description="what selects the best checkpoint: a metric id (validated in the loop) or 'loss'"
+    )
     metrics: list[MetricSection] = Field(default_factory=lambda: [MetricSection(**m) for m in DEFAULT_METRICS])
 
 

@@ -9,6 +9,8 @@ The run directory holds::
     checkpoints/       best.ckpt (lowest validation loss) and last.ckpt
     metrics.json       {"i2t/R@1": ..., ..., "rsum": ...}
     metrics.md         the same as a table
+    report.md          the metrics and figures: curves, recall_at_k, projection, gallery (.png)
+    embeddings.npz     the evaluated split's embeddings (``xmcore report`` redraws from them)
 """
 
 from __future__ import annotations
@@ -231,9 +233,10 @@ def assemble(recipe: Recipe, base_dir: Path, run_dir: Path | None, precompute_fr
     modalities = built.data.modalities
     frozen = {m for m, e in recipe.encoders.items() if e.freeze and m in modalities}
     precomputed = cacheable_modalities(frozen, built.augment) if precompute_frozen else set()
+    training_data = built.data  # built.data keeps the raw items (for reports)
     if precomputed:
         print(f"encoding {', '.join(sorted(precomputed))} once with the frozen encoder", file=sys.stderr, flush=True)
-        precompute(built.data, built.encoders, precomputed, recipe.eval.batch_size, recipe.data.num_workers)
+        training_data = precompute(built.data, built.encoders, precomputed, recipe.eval.batch_size, recipe.data.num_workers)
     preprocessors = {m: FeaturePassThrough() if m in precomputed else e.preprocessor for m, e in built.encoders.items()}
     module = RetrievalModule(
         encoders=built.encoders,
@@ -246,7 +249,7 @@ def assemble(recipe: Recipe, base_dir: Path, run_dir: Path | None, precompute_fr
         extra_checkpoint={"xmcore_recipe": recipe.resolved(), "xmcore_base_dir": str(base_dir)},
     )
     datamodule = RetrievalDataModule(
-        built.data,
+        training_data,
         preprocessors=preprocessors,
         augment=built.augment,
         batch_size=recipe.data.batch_size,
@@ -259,8 +262,10 @@ def assemble(recipe: Recipe, base_dir: Path, run_dir: Path | None, precompute_fr
 
 
 def evaluate_and_write(module, datamodule, built: Built, recipe: Recipe, out_dir: Path, checkpoint: str | None,
-                       title: str) -> dict[str, float]:
-    """Embed the evaluation split, rank, compute the metrics, write metrics.json and metrics.md."""
+                       title: str, log: Path | None = None) -> dict[str, float]:
+    """Embed the evaluation split, rank, compute the metrics; write metrics.json, metrics.md and the report."""
+    from xmcore.report import save_embeddings, write_report
+
     split = built.data.splits[recipe.eval.split]
     embeddings = embed_split(module, datamodule, recipe, split, checkpoint)
     try:
@@ -273,7 +278,34 @@ def evaluate_and_write(module, datamodule, built: Built, recipe: Recipe, out_dir
     metrics = compute_metrics(rankings, built.metrics)
     write_json(out_dir / "metrics.json", metrics)
     atomic_write_text(out_dir / "metrics.md", f"# {title}\n\n" + metrics_table(metrics))
+    normalised = {m: e.numpy() for m, e in rankings.embeddings.items()}
+    save_embeddings(out_dir / "embeddings.npz", normalised, split)
+    write_report(out_dir, title, metrics, rankings, normalised, split, log)
     return metrics
+
+
+LOWER_IS_BETTER = ("loss", "medR", "meanR", "gap")
+
+
+def _validation_callbacks(recipe: Recipe, built: Built, datamodule) -> tuple[list, str, str]:
+    """The in-loop retrieval validation (if any) and what the best checkpoint is chosen by."""
+    from xmcore.callbacks import RetrievalValidation, metric_ids
+
+    has_val = "val" in built.data.splits
+    monitor = recipe.eval.monitor
+    if monitor == "loss" or not has_val or recipe.eval.every_n_epochs == 0:
+        # The retrieval loss alone: a fusion's auxiliary loss (the adversarial discriminator's) is not the goal.
+        return [], "val/retrieval_loss" if has_val else "train/retrieval_loss", "min"
+    ids = metric_ids(built.metrics)
+    if monitor not in ids:
+        raise XmcoreError(
+            f"eval.monitor: the metrics in eval.metrics produce no '{monitor}'; they produce: {', '.join(ids)} "
+            "(or use 'loss')"
+        )
+    callback = RetrievalValidation(
+        lambda: datamodule.item_dataloaders("val"), built.data.splits["val"], built.metrics, recipe.eval.every_n_epochs
+    )
+    return [callback], f"val/{monitor}", "min" if monitor.endswith(LOWER_IS_BETTER) else "max"
 
 
 def train_and_evaluate(recipe: Recipe, plugins: Plugins, base_dir: Path, run_dir: Path, resume: bool = False) -> dict[str, float]:
@@ -288,15 +320,15 @@ def train_and_evaluate(recipe: Recipe, plugins: Plugins, base_dir: Path, run_dir
 
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
     built, module, datamodule = assemble(recipe, base_dir, run_dir)
-    has_val = "val" in built.data.splits
+    callbacks, monitor, mode = _validation_callbacks(recipe, built, datamodule)
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
-        # The retrieval loss alone: a fusion's auxiliary loss (the adversarial discriminator's) is not the goal.
-        monitor="val/retrieval_loss" if has_val else "train/retrieval_loss",
-        mode="min",
+        monitor=monitor,
+        mode=mode,
         save_last=True,
         enable_version_counter=False,
+        every_n_epochs=max(1, recipe.eval.every_n_epochs),
     )
     trainer_args = {k: v for k, v in recipe.trainer.model_dump().items() if v is not None}
     try:
@@ -304,14 +336,15 @@ def train_and_evaluate(recipe: Recipe, plugins: Plugins, base_dir: Path, run_dir
             **trainer_args,
             default_root_dir=run_dir,
             logger=CSVLogger(run_dir, name="logs", version=""),
-            callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")],
+            callbacks=[*callbacks, checkpoint, LearningRateMonitor(logging_interval="step")],
         )
     except (ValueError, TypeError, RuntimeError, ImportError) as exc:  # MisconfigurationException is a ValueError
         raise XmcoreError(f"trainer: Lightning refused the trainer section: {exc}") from None
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
 
     best = checkpoint.best_model_path or checkpoint.last_model_path or None  # none under fast_dev_run
-    return evaluate_and_write(module, datamodule, built, recipe, run_dir, best, f"{recipe.name}: {recipe.eval.split} split")
+    title = f"{recipe.name}: {recipe.eval.split} split"
+    return evaluate_and_write(module, datamodule, built, recipe, run_dir, best, title, run_dir / "logs" / "metrics.csv")
 
 
 def best_checkpoint(run_dir: Path) -> Path:

@@ -1,0 +1,302 @@
+"""Visual reports: ``report.md`` and PNG figures in a run (or evaluation) directory.
+
+* ``curves.png`` -- training and validation loss (and validation rsum) over training;
+* ``recall_at_k.png`` -- R@K for K = 1..100, both directions;
+* ``projection.png`` -- a 2-D PCA of the common space coloured by modality (the modality gap);
+* ``gallery.png`` -- for a few text queries their top-5 images, the correct one framed in green,
+  and for a few images their top-5 captions, the correct ones marked.
+
+The embeddings of the evaluated split are kept as ``embeddings.npz`` so that ``xmcore report``
+can draw everything again.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import textwrap
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from xmcore.evaluation import Rankings, metrics_table
+from xmcore.io import atomic_write_bytes, atomic_write_text
+
+GREEN, RED, GREY = "#2ca02c", "#d62728", "#7f7f7f"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    _plt().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path.name
+
+
+def save_embeddings(path: Path, embeddings: Mapping[str, Any], split) -> None:
+    arrays = {f"emb_{m}": np.asarray(e, dtype=np.float32) for m, e in embeddings.items()}
+    arrays.update({f"groups_{m}": np.asarray(split.groups(m)) for m in split.modalities})
+    arrays["owner"] = split.owner
+    buf = io.BytesIO()
+    np.savez(buf, modalities=np.array(split.modalities), **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_embeddings(path: Path) -> tuple[tuple[str, str], dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        modalities = tuple(str(m) for m in z["modalities"])
+        return modalities, {m: z[f"emb_{m}"] for m in modalities}, {m: z[f"groups_{m}"] for m in modalities}, z["owner"]
+
+
+def loss_curves(log: Path, path: Path) -> str | None:
+    if not log.is_file():
+        return None
+    rows = list(csv.DictReader(log.open()))
+    series: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        for key in ("train/loss", "val/loss", "val/rsum"):
+            if row.get(key):
+                series.setdefault(key, []).append((float(row["step"]), float(row[key])))
+    if not series:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, colour in (("train/loss", "#1f77b4"), ("val/loss", "#ff7f0e")):
+        if key in series:
+            x, y = zip(*series[key])
+            ax.plot(x, y, label=key, color=colour, marker="o" if key.startswith("val") else None, markersize=4)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if "val/rsum" in series:
+        ax2 = ax.twinx()
+        x, y = zip(*series["val/rsum"])
+        ax2.plot(x, y, label="val/rsum", color=GREEN, marker="s", markersize=4)
+        ax2.set_ylabel("validation rsum")
+        ax2.legend(loc="center right")
+    ax.legend(loc="upper right")
+    ax.set_title("training")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def recall_curve(rankings: Rankings, path: Path, max_k: int = 100) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ks = np.arange(1, max_k + 1)
+    for direction, r in rankings.items():
+        ax.plot(ks, [(r.ranks <= k).mean() for k in ks], label=direction)
+    ax.set_xscale("log")
+    ax.set_xlabel("K")
+    ax.set_ylabel("R@K (hit rate)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("recall at K")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def projection(embeddings: Mapping[str, np.ndarray], path: Path, limit: int = 2000) -> str:
+    rng = np.random.default_rng(0)
+    picked = {m: e[rng.permutation(len(e))[:limit]] for m, e in embeddings.items()}
+    stacked = np.concatenate(list(picked.values()))
+    centred = stacked - stacked.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    coords = centred @ vt[:2].T
+    centroids = {m: e.mean(axis=0) for m, e in embeddings.items()}
+    a, b = list(centroids.values())
+    gap = float(np.linalg.norm(a - b))
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    start = 0
+    for (m, e), colour in zip(picked.items(), ("#1f77b4", "#ff7f0e")):
+        xy = coords[start : start + len(e)]
+        start += len(e)
+        ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.5, label=m, color=colour)
+    ax.legend()
+    ax.set_title(f"common space, 2-D PCA; modality gap {gap:.3f}")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def gallery(split, embeddings: Mapping[str, np.ndarray], path: Path, queries: int = 4, k: int = 5) -> str | None:
+    """Top-k results for a few queries each way; needs the split's raw items."""
+    from xmcore.data import materialize
+
+    first, second = split.modalities
+    if first != "image" or second != "text":
+        return None
+    img, txt = embeddings["image"], embeddings["text"]
+    rng = np.random.default_rng(0)
+    text_queries = rng.choice(len(txt), size=min(queries, len(txt)), replace=False)
+    image_queries = rng.choice(len(img), size=min(3, len(img)), replace=False)
+    g_img, g_txt = split.groups("image"), split.groups("text")
+    plt = _plt()
+    rows = len(text_queries) + len(image_queries)
+    fig, axes = plt.subplots(rows, k + 1, figsize=(2.1 * (k + 1), 2.3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for row, q in enumerate(text_queries):
+        top = np.argsort(-(img @ txt[q]), kind="stable")[:k]
+        axes[row, 0].text(0, 0.5, "\n".join(textwrap.wrap(str(split.items["text"][q]), 24)), fontsize=8, va="center",
+                          transform=axes[row, 0].transAxes)
+        axes[row, 0].set_title("text query", fontsize=8)
+        for col, i in enumerate(top, start=1):
+            ax = axes[row, col]
+            ax.imshow(materialize(split.items["image"][i]))
+            ax.axis("on")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            hit = g_img[i] == g_txt[q]
+            for spine in ax.spines.values():
+                spine.set_edgecolor(GREEN if hit else GREY)
+                spine.set_linewidth(4 if hit else 1)
+            ax.set_title(f"#{col}" + (" correct" if hit else ""), fontsize=8, color=GREEN if hit else "black")
+    for row, i in enumerate(image_queries, start=len(text_queries)):
+        axes[row, 0].imshow(materialize(split.items["image"][i]))
+        axes[row, 0].axis("on")
+        axes[row, 0].set_xticks([])
+        axes[row, 0].set_yticks([])
+        axes[row, 0].set_title("image query", fontsize=8)
+        top = np.argsort(-(txt @ img[i]), kind="stable")[:k]
+        lines = []
+        for rank, j in enumerate(top, start=1):
+            mark = "✓" if g_txt[j] == g_img[i] else "·"
+            lines.append(f"{rank}. {mark} " + textwrap.shorten(str(split.items["text"][j]), 60))
+        axes[row, 1].text(0.05, 0.5, "\n".join(lines), fontsize=8, va="center", transform=axes[row, 1].transAxes)
+    fig.suptitle("retrieval examples (green / ✓: a correct result)", fontsize=10)
+    # No tight_layout: the long caption lists would shrink the thumbnails to nothing.
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.93, bottom=0.02, wspace=0.08, hspace=0.45)
+    return _save(fig, path)
+
+
+def write_report(
+    out_dir: Path,
+    title: str,
+    metrics: Mapping[str, float],
+    rankings: Rankings,
+    embeddings: Mapping[str, np.ndarray],
+    split=None,
+    log: Path | None = None,
+) -> Path:
+    """Draw the figures and write ``report.md`` beside them; returns the report's path."""
+    figures = []
+    if log is not None and (name := loss_curves(log, out_dir / "curves.png")):
+        figures.append(("Training", name))
+    figures.append(("Recall at K", recall_curve(rankings, out_dir / "recall_at_k.png")))
+    figures.append(("The common space", projection(embeddings, out_dir / "projection.png")))
+    if split is not None and (name := gallery(split, embeddings, out_dir / "gallery.png")):
+        figures.append(("Retrieval examples", name))
+    sizes = ", ".join(f"{len(e)} {m}" for m, e in embeddings.items())
+    parts = [f"# {title}", "", f"Evaluated on {sizes}.", "", metrics_table(metrics)]
+    for heading, name in figures:
+        parts += [f"## {heading}", "", f"![{heading}]({name})", ""]
+    return atomic_write_text(out_dir / "report.md", "\n".join(parts))
+
+
+def regenerate(run_dir: Path, plugins) -> Path:
+    """``xmcore report RUN_DIR``: redraw the report from the run's files (and its dataset, for the gallery)."""
+    import json
+
+    import torch
+
+    from xmcore.errors import XmcoreError
+    from xmcore.evaluation import rank_both_directions
+    from xmcore.recipe import load_recipe, validate
+    from xmcore.registry import BuildContext
+
+    needed = [run_dir / n for n in ("embeddings.npz", "metrics.json")]
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        raise XmcoreError(f"{run_dir}: missing {', '.join(missing)}; run `xmcore run` or `xmcore evaluate` first")
+    modalities, emb, groups, owner = load_embeddings(run_dir / "embeddings.npz")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    from xmcore.data import Split
+
+    first, second = modalities
+    stub = Split(modalities, {m: range(len(emb[m])) for m in modalities}, owner,
+                 labels=groups[first], relevance="label", member_labels=groups[second])
+    rankings = rank_both_directions({m: torch.from_numpy(e) for m, e in emb.items()}, stub)
+    split = None
+    recipe_path = run_dir / "recipe.yaml"
+    if recipe_path.is_file():
+        loaded = load_recipe(recipe_path)
+        recipe = validate(loaded, plugins)
+        ckpt = run_dir / "checkpoints" / "last.ckpt"
+        base = Path(torch.load(ckpt, map_location="cpu", weights_only=True).get("xmcore_base_dir", run_dir)) if ckpt.is_file() else run_dir
+        try:
+            data = recipe.data.component.build(recipe.data.params, BuildContext(seed=recipe.seed, base_dir=base))
+            from xmcore.data import clean_split
+
+            candidate, _ = clean_split(data.splits[recipe.eval.split])
+            if all(len(candidate.items[m]) == len(emb[m]) for m in modalities):
+                split = candidate
+        except XmcoreError:
+            split = None  # the data moved: draw everything but the gallery
+    title = f"{run_dir.name}"
+    return write_report(run_dir, title, metrics, rankings, emb, split, run_dir / "logs" / "metrics.csv")
+
+
+def compare(run_dirs: list[Path], out_dir: Path) -> tuple[str, Path]:
+    """A side-by-side table of runs' metrics with the recipe keys that differ, and a bar chart."""
+    import json
+
+    import yaml
+
+    from xmcore.errors import XmcoreError
+
+    runs = []
+    for d in run_dirs:
+        if not (d / "metrics.json").is_file():
+            raise XmcoreError(f"{d}: no metrics.json; is it a finished xmcore run directory?")
+        recipe = yaml.safe_load((d / "recipe.yaml").read_text()) if (d / "recipe.yaml").is_file() else {}
+        runs.append((d, json.loads((d / "metrics.json").read_text()), _flatten(recipe)))
+    keys = sorted({k for _, _, r in runs for k in r})
+    differing = [k for k in keys if len({json.dumps(r.get(k), sort_keys=True) for _, _, r in runs}) > 1 and k != "name"]
+    ids = list(dict.fromkeys(k for _, m, _ in runs for k in m))
+    header = ["run", *differing, *ids]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for d, m, r in runs:
+        cells = [d.name, *(str(r.get(k, "")) for k in differing), *(f"{m[i]:.4f}" if i in m else "" for i in ids)]
+        lines.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(lines) + "\n"
+
+    plt = _plt()
+    shown = [i for i in ids if "/R@" in i] or ids[:6]
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(shown) * max(1, len(runs)) / 2), 4))
+    width = 0.8 / len(runs)
+    for n, (d, m, r) in enumerate(runs):
+        label = ", ".join(f"{k}={r.get(k)}" for k in differing) or d.name
+        ax.bar(np.arange(len(shown)) + n * width, [m.get(i, 0) for i in shown], width, label=label)
+    ax.set_xticks(np.arange(len(shown)) + width * (len(runs) - 1) / 2, shown, rotation=30, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    ax.set_title("runs compared")
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chart = out_dir / "comparison.png"
+    _save(fig, chart)
+    atomic_write_text(out_dir / "comparison.md", "# Runs compared\n\n" + table + "\n![chart](comparison.png)\n")
+    return table, chart
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out = {}
+        for k, v in data.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): data}
