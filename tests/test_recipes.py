@@ -131,7 +131,7 @@ def test_a_failed_run_directory_can_be_reused(plugins, tmp_path):
 def test_evaluate_a_trained_run_on_its_split_and_on_other_data(plugins, tmp_path):
     recipe = [r for r in RECIPES if r.stem == "quickstart"][0]
     run_dir = tmp_path / "run"
-    trained = run_cli("run", recipe, *tiny_overrides(recipe, plugins), "--out", run_dir)
+    trained = run_cli("run", recipe, *tiny_overrides(recipe, plugins), "eval.report=true", "--out", run_dir)
     assert trained.returncode == 0, trained.stderr[-3000:]
     again = run_cli("evaluate", run_dir, "--out", tmp_path / "again")
     assert again.returncode == 0, again.stderr[-3000:]
@@ -140,7 +140,7 @@ def test_evaluate_a_trained_run_on_its_split_and_on_other_data(plugins, tmp_path
     assert second == pytest.approx(first)  # the same checkpoint on the same split: the same numbers
 
     # other data: a differently seeded shapes set, so captions the LSTM never saw; the vocabulary comes from the checkpoint
-    other = run_cli("evaluate", run_dir, "data.seed=5", "data.test=12", "eval.metrics=[{name: map}]")
+    other = run_cli("evaluate", run_dir, "data.seed=5", "data.test=12", "eval.metrics=[{name: map}]", "eval.report=true")
     assert other.returncode == 0, other.stderr[-3000:]
     (written,) = (run_dir / "evaluations").iterdir()
     assert set(json.loads((written / "metrics.json").read_text())) == {"i2t/mAP", "t2i/mAP"}

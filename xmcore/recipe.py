@@ -179,6 +179,7 @@ class EvalSection(_Section):
     monitor: str = Field(
         "rsum", description="what selects the best checkpoint: a metric id (validated in the loop) or 'loss'"
     )
+    report: bool = Field(True, description="write report.md with figures (curves, R@K, projection, gallery)")
     metrics: list[MetricSection] = Field(default_factory=lambda: [MetricSection(**m) for m in DEFAULT_METRICS])
 
 

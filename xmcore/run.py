@@ -280,7 +280,8 @@ def evaluate_and_write(module, datamodule, built: Built, recipe: Recipe, out_dir
     atomic_write_text(out_dir / "metrics.md", f"# {title}\n\n" + metrics_table(metrics))
     normalised = {m: e.numpy() for m, e in rankings.embeddings.items()}
     save_embeddings(out_dir / "embeddings.npz", normalised, split)
-    write_report(out_dir, title, metrics, rankings, normalised, split, log)
+    if recipe.eval.report:
+        write_report(out_dir, title, metrics, rankings, normalised, split, log)
     return metrics
 
 

@@ -35,6 +35,7 @@ TINY_TRAINER = [
     "trainer.log_every_n_steps=1",
     "data.batch_size=8",
     "data.num_workers=0",
+    "eval.report=false",  # figures are tested on their own; drawing them in every tiny run costs seconds
 ]
 
 
