@@ -60,16 +60,16 @@ def build_rank(params: xmcore.Params, ctx: xmcore.BuildContext):
 
 def build_recall_fraction(params: CutoffParams, ctx: xmcore.BuildContext):
     """Recall@K: the share of a query's relevant items found in the top K, averaged over queries."""
-    from xmcore_metrics.ranking import RecallFraction
+    from xmcore_metrics.ranking import FoundInTopK
 
-    return RecallFraction(params.k)
+    return FoundInTopK(params.k, "Recall", per="relevant")
 
 
 def build_precision(params: CutoffParams, ctx: xmcore.BuildContext):
     """P@K: the share of the top K that is relevant."""
-    from xmcore_metrics.ranking import Precision
+    from xmcore_metrics.ranking import FoundInTopK
 
-    return Precision(params.k)
+    return FoundInTopK(params.k, "P", per="k")
 
 
 def build_map(params: MAPParams, ctx: xmcore.BuildContext):

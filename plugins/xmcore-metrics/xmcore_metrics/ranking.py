@@ -40,28 +40,19 @@ def rank_metrics(rankings: Mapping) -> dict[str, float]:
     return out
 
 
-class RecallFraction:
-    def __init__(self, ks: list[int]):
-        self.ks = ks
+class FoundInTopK:
+    """Relevant items in the top K per query, divided by the query's relevant count (Recall@K) or by K (P@K)."""
+
+    def __init__(self, ks: list[int], name: str, per: str):
+        self.ks, self.name, self.per = ks, name, per
 
     def __call__(self, rankings: Mapping) -> dict[str, float]:
-        return {
-            f"{d}/Recall@{k}": float(np.mean(_per_query(r, (r.positions <= k).astype(float)) / r.num_relevant))
-            for d, r in rankings.items()
-            for k in self.ks
-        }
-
-
-class Precision:
-    def __init__(self, ks: list[int]):
-        self.ks = ks
-
-    def __call__(self, rankings: Mapping) -> dict[str, float]:
-        return {
-            f"{d}/P@{k}": float(np.mean(_per_query(r, (r.positions <= k).astype(float)) / k))
-            for d, r in rankings.items()
-            for k in self.ks
-        }
+        out = {}
+        for d, r in rankings.items():
+            for k in self.ks:
+                found = _per_query(r, (r.positions <= k).astype(float))
+                out[f"{d}/{self.name}@{k}"] = float(np.mean(found / (r.num_relevant if self.per == "relevant" else k)))
+        return out
 
 
 class MeanAveragePrecision:
