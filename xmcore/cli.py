@@ -109,6 +109,8 @@ def cmd_run(args) -> int:
     plugins, loaded, recipe = _load(args)
     run_dir = args.out or default_run_dir(recipe)
     metrics = train_and_evaluate(recipe, plugins, loaded.base_dir, run_dir, resume=args.resume)
+    if metrics is None:  # a DDP process other than rank 0
+        return 0
     print()
     print(f"{recipe.name}: retrieval on the '{recipe.eval.split}' split")
     print(metrics_table(metrics))

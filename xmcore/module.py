@@ -7,8 +7,8 @@ Two seams are kept open on purpose:
 
 * :meth:`RetrievalModule.features` is the only place an encoder runs, so a cache
   of frozen-encoder features can stand in for it;
-* :meth:`RetrievalModule.pair_loss` receives the local batch's embeddings, so
-  gathering negatives from all processes can wrap it without touching the loss.
+* :meth:`RetrievalModule.pair_loss` gathers every process's embeddings (with
+  gradients) before the loss, so negatives come from the global batch.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from xmcore.components import Encoder, Fusion
+from xmcore.distributed import gather, gather_with_grad
 from xmcore.errors import XmcoreError
 
 
@@ -71,8 +72,9 @@ class RetrievalModule(pl.LightningModule):
         return nn.functional.normalize(fused, dim=-1)
 
     def pair_loss(self, emb: Mapping[str, torch.Tensor], groups: torch.Tensor) -> torch.Tensor:
+        """The loss over the pairs of every process (negatives from the global batch)."""
         a, b = self.modalities
-        return self.loss(emb[a], emb[b], groups)
+        return self.loss(gather_with_grad(emb[a]), gather_with_grad(emb[b]), gather(groups))
 
     def _step(self, batch: Mapping[str, Any], stage: str) -> torch.Tensor:
         emb = {m: self.embed(m, batch[m]) for m in self.modalities}

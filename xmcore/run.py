@@ -309,7 +309,10 @@ def _validation_callbacks(recipe: Recipe, built: Built, datamodule) -> tuple[lis
     return [callback], f"val/{monitor}", "min" if monitor.endswith(LOWER_IS_BETTER) else "max"
 
 
-def train_and_evaluate(recipe: Recipe, plugins: Plugins, base_dir: Path, run_dir: Path, resume: bool = False) -> dict[str, float]:
+def train_and_evaluate(
+    recipe: Recipe, plugins: Plugins, base_dir: Path, run_dir: Path, resume: bool = False
+) -> dict[str, float] | None:
+    """Train and evaluate; the metrics, or ``None`` in a process other than rank 0."""
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
@@ -342,6 +345,8 @@ def train_and_evaluate(recipe: Recipe, plugins: Plugins, base_dir: Path, run_dir
     except (ValueError, TypeError, RuntimeError, ImportError) as exc:  # MisconfigurationException is a ValueError
         raise XmcoreError(f"trainer: Lightning refused the trainer section: {exc}") from None
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    if trainer.global_rank != 0:  # under DDP every process runs this function; one evaluates and writes
+        return None
 
     best = checkpoint.best_model_path or checkpoint.last_model_path or None  # none under fast_dev_run
     title = f"{recipe.name}: {recipe.eval.split} split"
