@@ -1,4 +1,5 @@
 import os
+import tempfile
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +8,8 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# The feature cache of every run in the suite (and its subprocesses) stays in a temporary folder.
+os.environ["XMCORE_CACHE_DIR"] = tempfile.mkdtemp(prefix="xmcore-cache-")
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))

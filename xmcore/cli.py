@@ -53,6 +53,14 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
     cmp_.add_argument("--out", type=Path, help="where comparison.md and comparison.png go (default: runs/compare-<timestamp>)")
 
+    cache = sub.add_parser("cache", help="the on-disk cache of frozen-encoder features")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    cls = cache_sub.add_parser("ls", help="list cache entries")
+    clr = cache_sub.add_parser("clear", help="remove cache entries (all, or the keys given)")
+    clr.add_argument("keys", nargs="*", metavar="KEY")
+    for p in (cls, clr):
+        p.add_argument("--dir", help="cache folder (default: $XMCORE_CACHE_DIR, else ~/.cache/xmcore/features)")
+
     data = sub.add_parser("data", help="look at a recipe's dataset")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     insp = data_sub.add_parser("inspect", help="per split: items, captions per image, labels, problems, examples")
@@ -70,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         commands = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "data": cmd_data,
-                    "evaluate": cmd_evaluate, "report": cmd_report, "compare": cmd_compare}
+                    "evaluate": cmd_evaluate, "report": cmd_report, "compare": cmd_compare, "cache": cmd_cache}
         return commands[args.command](args)
     except XmcoreError as exc:
         print(f"error: {exc}" if "\n" not in str(exc) else f"error:\n{exc}", file=sys.stderr)
@@ -155,6 +163,23 @@ def cmd_evaluate(args) -> int:
     write_report(args.out, args.embeddings.name, values, rankings, {m: e.numpy() for m, e in rankings.embeddings.items()})
     print(metrics_table(values))
     print(f"written: {args.out / 'metrics.json'}")
+    return 0
+
+
+def cmd_cache(args) -> int:
+    import time
+
+    from xmcore.cache import cache_dir, clear, list_entries
+
+    root = cache_dir(args.dir)
+    if args.cache_command == "clear":
+        print(f"removed {clear(root, args.keys)} entries from {root}")
+        return 0
+    entries = list_entries(root)
+    print(f"{root}: {len(entries)} entries, {sum(e['bytes'] for e in entries) / 1e6:.1f} MB")
+    for e in entries:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["created"] or 0))
+        print(f"  {e['key']}  {e['encoder']} [{e['modality']}]  {e['rows']} x {e['dim']}  {e['bytes'] / 1e6:.1f} MB  {when}")
     return 0
 
 

@@ -24,6 +24,10 @@ class Preprocessor:
     def collate(self, items: Sequence[Any]) -> Any:
         return torch.stack(list(items))
 
+    def __repr__(self) -> str:
+        """Describes the preprocessing exactly: it is part of the feature cache's key."""
+        return type(self).__name__
+
 
 class Encoder(nn.Module):
     """Encodes a batch of one modality into ``output_dim``-wide features."""

@@ -125,6 +125,14 @@ class ImageFile(LazyItem):
             return f"unreadable image ({type(exc).__name__}: {exc})"
         return None
 
+    def fingerprint(self) -> str:
+        """What identifies the file's content for caches: path, size and modification time."""
+        try:
+            st = self.path.stat()
+        except OSError:
+            return f"{self.path}:missing"
+        return f"{self.path}:{st.st_size}:{st.st_mtime_ns}"
+
     def __str__(self) -> str:
         return str(self.path)
 

@@ -9,6 +9,7 @@ by encoder, preprocessing and data plugs in here.)
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Mapping
 
 import torch
@@ -47,15 +48,35 @@ class FeatureRows(list):
 
 
 def precompute(
-    data: RetrievalData, encoders: Mapping[str, Encoder], modalities: set[str], batch_size: int, num_workers: int = 0
+    data: RetrievalData,
+    encoders: Mapping[str, Encoder],
+    modalities: set[str],
+    batch_size: int,
+    num_workers: int = 0,
+    cache_root: Path | None = None,
+    identities: Mapping[str, dict] | None = None,
+    report=print,
 ) -> RetrievalData:
-    """A copy of ``data`` whose items of ``modalities`` are their (frozen) encoder's features."""
+    """A copy of ``data`` whose items of ``modalities`` are their (frozen) encoder's features.
+
+    With ``cache_root``, features are read from (or stored in) the on-disk cache, keyed by
+    ``identities[modality]`` (component and parameters), the encoder's weights, its
+    preprocessing and the items.
+    """
+    from xmcore.cache import cached_features
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     splits = {}
     for name, split in data.splits.items():
         items = dict(split.items)
         for m in sorted(modalities):
-            items[m] = FeatureRows(encode_items(encoders[m], split.items[m], batch_size, num_workers, device).unbind(0))
+            compute = lambda m=m: encode_items(encoders[m], split.items[m], batch_size, num_workers, device)  # noqa: E731
+            if cache_root is None:
+                features, hit = compute(), False
+            else:
+                features, hit = cached_features(cache_root, dict(identities[m]), encoders[m], split.items[m], compute)
+            report(f"{name} {m}: {len(features)} features {'read from the cache' if hit else 'encoded'}")
+            items[m] = FeatureRows(features.unbind(0))
         splits[name] = dataclasses.replace(split, items=items)
     return dataclasses.replace(data, splits=splits)
 

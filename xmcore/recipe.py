@@ -183,6 +183,11 @@ class EvalSection(_Section):
     metrics: list[MetricSection] = Field(default_factory=lambda: [MetricSection(**m) for m in DEFAULT_METRICS])
 
 
+class CacheSection(_Section):
+    enabled: bool = Field(True, description="cache the features of frozen, unaugmented encoders on disk")
+    dir: str | None = Field(None, description="cache folder; default $XMCORE_CACHE_DIR, else ~/.cache/xmcore/features")
+
+
 class Recipe(_Section):
     name: str = Field(
         "recipe", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="names the run directory; defaults to the file's stem"
@@ -196,6 +201,7 @@ class Recipe(_Section):
     optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
     trainer: TrainerSection = Field(default_factory=TrainerSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    cache: CacheSection = Field(default_factory=CacheSection)
 
     def component_sections(self) -> list[tuple[str, ComponentSection]]:
         """Each component section with its dotted path, in build order."""

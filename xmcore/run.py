@@ -235,8 +235,20 @@ def assemble(recipe: Recipe, base_dir: Path, run_dir: Path | None, precompute_fr
     precomputed = cacheable_modalities(frozen, built.augment) if precompute_frozen else set()
     training_data = built.data  # built.data keeps the raw items (for reports)
     if precomputed:
+        from xmcore import __version__
+        from xmcore.cache import cache_dir
+
         print(f"encoding {', '.join(sorted(precomputed))} once with the frozen encoder", file=sys.stderr, flush=True)
-        training_data = precompute(built.data, built.encoders, precomputed, recipe.eval.batch_size, recipe.data.num_workers)
+        identities = {
+            m: {"encoder": recipe.encoders[m].name, "params": recipe.encoders[m].resolved(), "modality": m, "xmcore": __version__}
+            for m in precomputed
+        }
+        training_data = precompute(
+            built.data, built.encoders, precomputed, recipe.eval.batch_size, recipe.data.num_workers,
+            cache_root=cache_dir(recipe.cache.dir) if recipe.cache.enabled else None,
+            identities=identities,
+            report=lambda line: print(f"  {line}", file=sys.stderr, flush=True),
+        )
     preprocessors = {m: FeaturePassThrough() if m in precomputed else e.preprocessor for m, e in built.encoders.items()}
     module = RetrievalModule(
         encoders=built.encoders,

@@ -40,6 +40,10 @@ class TarImage(LazyItem):
         with Image.open(io.BytesIO(data)) as im:
             return im.convert("RGB")
 
+    def fingerprint(self) -> str:
+        st = self.shard.stat()
+        return f"{self.shard}:{st.st_size}:{st.st_mtime_ns}:{self.offset}:{self.size}"
+
     def __str__(self) -> str:
         return f"{self.shard}:{self.name}"
 

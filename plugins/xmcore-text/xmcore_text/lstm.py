@@ -9,6 +9,7 @@ state, so a checkpoint carries it.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from typing import Iterable, Sequence
@@ -55,6 +56,10 @@ class TokenPreprocessor(Preprocessor):
 
     def __call__(self, text: str) -> list[int]:
         return self.vocab.encode(text, self.max_length)
+
+    def __repr__(self) -> str:
+        digest = hashlib.sha256("\n".join(self.vocab.words).encode()).hexdigest()[:16]
+        return f"TokenPreprocessor(vocab={len(self.vocab)}:{digest}, max_length={self.max_length})"
 
     def collate(self, items: Sequence[list[int]]) -> dict[str, torch.Tensor]:
         lengths = torch.tensor([len(ids) for ids in items], dtype=torch.long)

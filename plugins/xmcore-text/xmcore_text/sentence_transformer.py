@@ -20,6 +20,9 @@ class TokenizerPreprocessor(Preprocessor):
     def __call__(self, text: str) -> str:
         return text
 
+    def __repr__(self) -> str:
+        return f"TokenizerPreprocessor({self.tokenizer.name_or_path!r}, vocab={len(self.tokenizer)}, max_length={self.max_length})"
+
     def collate(self, items: Sequence[str]) -> dict[str, torch.Tensor]:
         return dict(
             self.tokenizer(list(items), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")

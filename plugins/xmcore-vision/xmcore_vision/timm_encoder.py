@@ -25,6 +25,9 @@ class ImagePreprocessor(Preprocessor):
     def __call__(self, image: Any) -> torch.Tensor:
         return self.transform(image.convert("RGB"))
 
+    def __repr__(self) -> str:
+        return f"ImagePreprocessor({self.transform!r})"
+
 
 def load_weights_file(path: str) -> dict[str, torch.Tensor]:
     """A state dict from a local file; pickled files are read with ``weights_only=True``."""
