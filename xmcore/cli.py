@@ -30,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="run directory (default: runs/<recipe name>-<timestamp>)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 
+    sw = sub.add_parser("sweep", help="run a grid of overrides (KEY=V1,V2,...) and compare the settings")
+    sw.add_argument("recipe")
+    sw.add_argument("axes", nargs="+", metavar="KEY=V1,V2", help="e.g. fusion.name=linear,nonlinear seed=0,1,2")
+    sw.add_argument("--out", type=Path, help="sweep directory (default: runs/sweep-<recipe name>-<timestamp>)")
+
     val = sub.add_parser("validate", help="check a recipe (overrides applied) without training")
     val.add_argument("recipe")
     val.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
@@ -78,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         commands = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "data": cmd_data,
-                    "evaluate": cmd_evaluate, "report": cmd_report, "compare": cmd_compare, "cache": cmd_cache}
+                    "evaluate": cmd_evaluate, "report": cmd_report, "compare": cmd_compare, "cache": cmd_cache,
+                    "sweep": cmd_sweep}
         return commands[args.command](args)
     except XmcoreError as exc:
         print(f"error: {exc}" if "\n" not in str(exc) else f"error:\n{exc}", file=sys.stderr)
@@ -164,6 +170,19 @@ def cmd_evaluate(args) -> int:
     print(metrics_table(values))
     print(f"written: {args.out / 'metrics.json'}")
     return 0
+
+
+def cmd_sweep(args) -> int:
+    from xmcore.plugins import load_plugins
+    from xmcore.sweep import run_sweep
+
+    out, results = run_sweep(args.recipe, args.axes, args.out, load_plugins())
+    if any("metrics" in r and r["metrics"] is None for r in results):  # a DDP process other than rank 0
+        return 0
+    print((out / "sweep.md").read_text())
+    failed = sum("error" in r for r in results)
+    print(f"sweep directory: {out} ({len(results) - failed} cells ran, {failed} failed)")
+    return 1 if failed == len(results) else 0
 
 
 def cmd_cache(args) -> int:

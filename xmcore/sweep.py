@@ -1,0 +1,142 @@
+"""``xmcore sweep``: run a grid of overrides, one run directory per cell, and compare the settings.
+
+    xmcore sweep recipes/quickstart.yaml fusion.name=linear,nonlinear,adversarial seed=0,1,2
+
+Cells run one after another in this process (frozen-encoder features come from the cache after
+the first).  A failed cell is recorded with its error and the sweep goes on.  The comparison
+groups cells by every swept key except ``seed`` and reports each metric's mean and standard
+deviation over the seeds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from xmcore.errors import RecipeError
+from xmcore.io import atomic_write_text, write_json
+
+
+def split_values(raw: str) -> list[str]:
+    """``a,b,[1,2]`` -> ``["a", "b", "[1,2]"]``: commas inside brackets or braces do not split."""
+    parts, depth, current = [], 0, ""
+    for ch in raw:
+        if ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    return parts
+
+
+def grid(axes: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Swept keys and, per cell, its overrides (the cartesian product of every axis)."""
+    keys, values, problems = [], [], []
+    for axis in axes:
+        key, sep, raw = axis.partition("=")
+        if not sep or not key:
+            problems.append(f"sweep axis '{axis}': expected KEY=V1,V2,...")
+            continue
+        keys.append(key)
+        values.append(split_values(raw))
+    if problems:
+        raise RecipeError(problems)
+    return keys, [[f"{k}={v}" for k, v in zip(keys, combo)] for combo in itertools.product(*values)]
+
+
+def run_sweep(recipe_path: str, axes: list[str], out_dir: Path | None, plugins) -> tuple[Path, list[dict[str, Any]]]:
+    from xmcore.recipe import load_recipe, validate
+    from xmcore.run import train_and_evaluate
+
+    keys, cells = grid(axes)
+    # Every cell is validated before the first one trains: a typo fails the sweep at once.
+    recipes = []
+    for overrides in cells:
+        loaded = load_recipe(recipe_path, overrides)
+        recipes.append((overrides, loaded, validate(loaded, plugins)))
+    name = recipes[0][2].name
+    out_dir = out_dir or Path("runs") / f"sweep-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for n, (overrides, loaded, recipe) in enumerate(recipes, start=1):
+        cell_dir = out_dir / ",".join(o.replace("/", "_") for o in overrides)
+        print(f"[{n}/{len(recipes)}] {' '.join(overrides)}", file=sys.stderr, flush=True)
+        entry: dict[str, Any] = {"cell": dict(o.split("=", 1) for o in overrides), "run_dir": str(cell_dir)}
+        try:
+            entry["metrics"] = train_and_evaluate(recipe, plugins, loaded.base_dir, cell_dir)
+        except Exception as exc:  # noqa: BLE001 -- a failed cell is reported, the sweep goes on
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+            if cell_dir.exists():
+                atomic_write_text(cell_dir / "error.txt", traceback.format_exc())
+            print(f"  failed: {entry['error']}", file=sys.stderr, flush=True)
+        results.append(entry)
+        write_json(out_dir / "sweep.json", {"recipe": str(recipe_path), "axes": axes, "cells": results})
+    summarize(out_dir, keys, results)
+    return out_dir, results
+
+
+def summarize(out_dir: Path, keys: list[str], results: list[dict[str, Any]]) -> str:
+    by = [k for k in keys if k != "seed"]
+    groups: dict[tuple, list[dict[str, float]]] = {}
+    failed = []
+    for r in results:
+        setting = tuple(r["cell"][k] for k in by)
+        if "metrics" in r and r["metrics"]:
+            groups.setdefault(setting, []).append(r["metrics"])
+        else:
+            failed.append(r)
+            groups.setdefault(setting, [])
+    ids = list(dict.fromkeys(k for runs in groups.values() for m in runs for k in m))
+    header = [*by, "runs", *ids]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    table: list[dict[str, Any]] = []
+    for setting, runs in groups.items():
+        stats = {}
+        for i in ids:
+            values = [m[i] for m in runs if i in m]
+            if values:
+                mean = sum(values) / len(values)
+                std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+                stats[i] = {"mean": mean, "std": std, "n": len(values)}
+        table.append({"setting": dict(zip(by, setting)), "runs": len(runs), "metrics": stats})
+        cells = [*setting, str(len(runs))] + [
+            f"{stats[i]['mean']:.4f} ± {stats[i]['std']:.4f}" if i in stats else "" for i in ids
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    if failed:
+        text += "\nFailed cells:\n" + "".join(f"- {r['cell']}: {r['error']}\n" for r in failed)
+    write_json(out_dir / "summary.json", table)
+    atomic_write_text(out_dir / "sweep.md", f"# Sweep over {', '.join(keys)}\n\n" + text + "\n![chart](sweep.png)\n")
+    _chart(out_dir / "sweep.png", by, table)
+    return text
+
+
+def _chart(path: Path, by: list[str], table: list[dict[str, Any]]) -> None:
+    from xmcore.report import _plt, _save
+
+    metric = next((i for i in ("rsum", "i2t/R@1") if any(i in t["metrics"] for t in table)), None)
+    if metric is None:
+        return
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(table)), 4))
+    labels = [", ".join(f"{v}" for v in t["setting"].values()) or "all" for t in table]
+    means = [t["metrics"].get(metric, {}).get("mean", 0) for t in table]
+    stds = [t["metrics"].get(metric, {}).get("std", 0) for t in table]
+    ax.bar(range(len(table)), means, yerr=stds, capsize=4, color="#1f77b4")
+    ax.set_xticks(range(len(table)), labels, rotation=20, ha="right")
+    ax.set_ylabel(f"{metric} (mean ± std over seeds)")
+    ax.set_title(f"sweep over {', '.join(by) or 'seed'}")
+    fig.tight_layout()
+    _save(fig, path)
