@@ -9,6 +9,7 @@ from xmcore.testing import TINY_TRAINER, tiny_overrides
 
 
 def fit(tmp_path, overrides):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     from xmcore.run import train_and_evaluate
 
     plugins = load_plugins()
@@ -41,3 +42,10 @@ def test_frozen_unaugmented_modality_is_encoded_once(tmp_path, capfd):
     assert "encoding image once with the frozen encoder" in capfd.readouterr().err
     state = checkpoint_state(tmp_path)
     assert any(k.startswith("encoders.image.") for k in state)  # the checkpoint stays self-contained
+
+
+def test_training_is_the_same_whether_features_were_encoded_or_read_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XMCORE_CACHE_DIR", str(tmp_path / "cache"))
+    first = fit(tmp_path / "a", ["encoders.image.freeze=true", "trainer.limit_train_batches=4"])
+    second = fit(tmp_path / "b", ["encoders.image.freeze=true", "trainer.limit_train_batches=4"])
+    assert (tmp_path / "cache").is_dir() and first == second

@@ -243,12 +243,17 @@ def assemble(recipe: Recipe, base_dir: Path, run_dir: Path | None, precompute_fr
             m: {"encoder": recipe.encoders[m].name, "params": recipe.encoders[m].resolved(), "modality": m, "xmcore": __version__}
             for m in precomputed
         }
-        training_data = precompute(
-            built.data, built.encoders, precomputed, recipe.eval.batch_size, recipe.data.num_workers,
-            cache_root=cache_dir(recipe.cache.dir) if recipe.cache.enabled else None,
-            identities=identities,
-            report=lambda line: print(f"  {line}", file=sys.stderr, flush=True),
-        )
+        import torch
+
+        # Encoding draws from the global RNG (each DataLoader seeds itself from it); a cache hit does not.
+        # Fork it, so that training is the same whether the features were encoded or read.
+        with torch.random.fork_rng(devices=[]):
+            training_data = precompute(
+                built.data, built.encoders, precomputed, recipe.eval.batch_size, recipe.data.num_workers,
+                cache_root=cache_dir(recipe.cache.dir) if recipe.cache.enabled else None,
+                identities=identities,
+                report=lambda line: print(f"  {line}", file=sys.stderr, flush=True),
+            )
     preprocessors = {m: FeaturePassThrough() if m in precomputed else e.preprocessor for m, e in built.encoders.items()}
     module = RetrievalModule(
         encoders=built.encoders,
