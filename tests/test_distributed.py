@@ -82,7 +82,9 @@ def test_recipe_runs_under_ddp_on_cpu(plugins, tmp_path):
 
     recipe = ROOT / "recipes" / "quickstart.yaml"
     ddp = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
-    result = run_cli("run", recipe, *tiny_overrides(recipe, plugins), *ddp, "--out", tmp_path / "run")
+    # a port of its own: Lightning's default one may still be held by an earlier run on this machine
+    result = run_cli("run", recipe, *tiny_overrides(recipe, plugins), *ddp, "--out", tmp_path / "run",
+                     env={"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("| i2t |") == 1  # rank 0 alone evaluates and reports
     assert (tmp_path / "run" / "metrics.json").is_file()
