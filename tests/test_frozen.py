@@ -5,7 +5,7 @@ import torch
 from conftest import ROOT
 from xmcore.plugins import load_plugins
 from xmcore.recipe import load_recipe, validate
-from xmcore.testing import TINY_TRAINER, tiny_overrides
+from xmcore.testing import tiny_overrides
 
 
 def fit(tmp_path, overrides):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import textwrap
 from pathlib import Path
 from typing import Any, Mapping
@@ -216,7 +215,6 @@ def regenerate(run_dir: Path, plugins) -> Path:
     from xmcore.errors import XmcoreError
     from xmcore.evaluation import rank_both_directions
     from xmcore.recipe import load_recipe, validate
-    from xmcore.registry import BuildContext
 
     needed = [run_dir / n for n in ("embeddings.npz", "metrics.json")]
     missing = [str(p) for p in needed if not p.is_file()]
@@ -233,18 +231,16 @@ def regenerate(run_dir: Path, plugins) -> Path:
     split = None
     recipe_path = run_dir / "recipe.yaml"
     if recipe_path.is_file():
-        loaded = load_recipe(recipe_path)
-        recipe = validate(loaded, plugins)
-        ckpt = run_dir / "checkpoints" / "last.ckpt"
-        base = Path(torch.load(ckpt, map_location="cpu", weights_only=True).get("xmcore_base_dir", run_dir)) if ckpt.is_file() else run_dir
-        try:
-            data = recipe.data.component.build(recipe.data.params, BuildContext(seed=recipe.seed, base_dir=base))
-            from xmcore.data import clean_split
+        from xmcore.run import build_data
 
-            candidate, _ = clean_split(data.splits[recipe.eval.split])
+        recipe = validate(load_recipe(recipe_path), plugins)
+        env_path = run_dir / "environment.json"
+        env = json.loads(env_path.read_text()) if env_path.is_file() else {}
+        try:
+            candidate = build_data(recipe, Path(env.get("recipe_dir") or run_dir)).splits[recipe.eval.split]
             if all(len(candidate.items[m]) == len(emb[m]) for m in modalities):
                 split = candidate
-        except XmcoreError:
+        except (XmcoreError, KeyError):
             split = None  # the data moved: draw everything but the gallery
     title = f"{run_dir.name}"
     return write_report(run_dir, title, metrics, rankings, emb, split, run_dir / "logs" / "metrics.csv")

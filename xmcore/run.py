@@ -115,7 +115,7 @@ def _check_data(recipe: Recipe, data, source: str) -> None:
         )
 
 
-def environment(recipe: Recipe, plugins: Plugins) -> dict[str, Any]:
+def environment(recipe: Recipe, plugins: Plugins, base_dir: Path | None = None) -> dict[str, Any]:
     import xmcore
 
     def version(dist: str) -> str | None:
@@ -134,6 +134,7 @@ def environment(recipe: Recipe, plugins: Plugins) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "plugins": used,
+        "recipe_dir": str(base_dir) if base_dir else None,  # where the recipe's relative paths resolve
         "packages": {p: version(p) for p in TRACKED_PACKAGES},
     }
 
@@ -193,7 +194,7 @@ def _keep_previous_log(csv: Path) -> None:
         csv.rename(kept)
 
 
-def embed_split(module, datamodule, recipe: Recipe, split, checkpoint: str | None) -> dict[str, "torch.Tensor"]:
+def embed_split(module, datamodule, recipe: Recipe, split, checkpoint: str | None) -> dict[str, Any]:
     """Embed every item of the evaluation split with the checkpoint's weights.
 
     A Trainer of its own, so that limits meant for training (``fast_dev_run``,
@@ -337,7 +338,7 @@ def train_and_evaluate(
     resolved = recipe.resolved()
     resume_from = prepare_run_dir(run_dir, resume, resolved)
     write_yaml(run_dir / "recipe.yaml", resolved)
-    write_json(run_dir / "environment.json", environment(recipe, plugins))
+    write_json(run_dir / "environment.json", environment(recipe, plugins, base_dir))
 
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
     built, module, datamodule = assemble(recipe, base_dir, run_dir)

@@ -11,7 +11,6 @@ deviation over the seeds.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import sys
 import time

@@ -223,7 +223,3 @@ def check_augmentation(component: Component, modality: str) -> None:
     for item in sample_items(modality):
         out = augment(item)
         assert type(out) is type(item) or (modality == "image" and hasattr(out, "size")), type(out)
-
-
-def components(plugins, kind: str) -> Sequence[Component]:
-    return list(plugins[kind])
