@@ -36,12 +36,12 @@ def step(fusion, loss, img, txt, groups):
     return value.detach(), [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
 
 
-def worker(rank, port, loss_name, out):
+def worker(rank, port, loss_name, split, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         fusion, loss, img, txt, groups = setup(loss_name)
-        part = slice(rank * B, (rank + 1) * B)
+        part = slice(0, split) if rank == 0 else slice(split, 2 * B)
         value, grads = step(fusion, loss, img[part], txt[part], groups[part])
         for g in grads:  # what DDP does: average the parameter gradients over the processes
             dist.all_reduce(g)
@@ -58,10 +58,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("loss_name", ["infonce", "triplet"])
-def test_two_processes_equal_one_process_with_the_whole_batch(loss_name, tmp_path):
+@pytest.mark.parametrize("loss_name,split", [("infonce", B), ("triplet", B), ("infonce", B - 2)],
+                         ids=["infonce", "triplet", "infonce-unequal-batches"])
+def test_two_processes_equal_one_process_with_the_whole_batch(loss_name, split, tmp_path):
     out = tmp_path / "rank0.pt"
-    mp.spawn(worker, args=(free_port(), loss_name, str(out)), nprocs=2, join=True)
+    mp.spawn(worker, args=(free_port(), loss_name, split, str(out)), nprocs=2, join=True)
     distributed = torch.load(out, weights_only=True)
 
     fusion, loss, img, txt, groups = setup(loss_name)
