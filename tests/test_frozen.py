@@ -49,3 +49,17 @@ def test_training_is_the_same_whether_features_were_encoded_or_read_from_the_cac
     first = fit(tmp_path / "a", ["encoders.image.freeze=true", "trainer.limit_train_batches=4"])
     second = fit(tmp_path / "b", ["encoders.image.freeze=true", "trainer.limit_train_batches=4"])
     assert (tmp_path / "cache").is_dir() and first == second
+
+
+def test_precompute_off_runs_the_frozen_encoder_in_every_step_and_trains_the_same(tmp_path, capfd, monkeypatch):
+    monkeypatch.setenv("XMCORE_CACHE_DIR", str(tmp_path / "cache"))
+    common = ["encoders.image.freeze=true", "trainer.limit_train_batches=4", "cache.enabled=false"]
+    precomputed = fit(tmp_path / "a", common)
+    assert "encoding image once" in capfd.readouterr().err
+    every_step = fit(tmp_path / "b", common + ["cache.precompute=false"])
+    assert "encoding image once" not in capfd.readouterr().err
+    assert not (tmp_path / "cache").exists()
+    # the same features either way (up to float summation order in batches of other sizes)
+    assert every_step.keys() == precomputed.keys()
+    for key, value in precomputed.items():
+        assert abs(every_step[key] - value) <= 0.02, key

@@ -184,6 +184,11 @@ class EvalSection(_Section):
 
 
 class CacheSection(_Section):
+    precompute: bool = Field(
+        True,
+        description="encode the items of frozen, unaugmented encoders once per run instead of in every step "
+        "(false: the encoders run in every step, as a plain training loop would)",
+    )
     enabled: bool = Field(True, description="cache the features of frozen, unaugmented encoders on disk")
     dir: str | None = Field(None, description="cache folder; default $XMCORE_CACHE_DIR, else ~/.cache/xmcore/features")
 

@@ -233,6 +233,7 @@ def assemble(recipe: Recipe, base_dir: Path, run_dir: Path | None, precompute_fr
     built = build_components(recipe, base_dir, run_dir)
     modalities = built.data.modalities
     frozen = {m for m, e in recipe.encoders.items() if e.freeze and m in modalities}
+    precompute_frozen = precompute_frozen and recipe.cache.precompute
     precomputed = cacheable_modalities(frozen, built.augment) if precompute_frozen else set()
     training_data = built.data  # built.data keeps the raw items (for reports)
     if precomputed:
@@ -327,21 +328,12 @@ def _validation_callbacks(recipe: Recipe, built: Built, datamodule) -> tuple[lis
     return [callback], f"val/{monitor}", "min" if monitor.endswith(LOWER_IS_BETTER) else "max"
 
 
-def train_and_evaluate(
-    recipe: Recipe, plugins: Plugins, base_dir: Path, run_dir: Path, resume: bool = False
-) -> dict[str, float] | None:
-    """Train and evaluate; the metrics, or ``None`` in a process other than rank 0."""
+def build_trainer(recipe: Recipe, built: Built, datamodule, run_dir: Path, extra_callbacks: tuple = ()):
+    """The Lightning Trainer that ``xmcore run`` trains with, and its best-checkpoint callback."""
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
 
-    resolved = recipe.resolved()
-    resume_from = prepare_run_dir(run_dir, resume, resolved)
-    write_yaml(run_dir / "recipe.yaml", resolved)
-    write_json(run_dir / "environment.json", environment(recipe, plugins, base_dir))
-
-    pl.seed_everything(recipe.seed, workers=True, verbose=False)
-    built, module, datamodule = assemble(recipe, base_dir, run_dir)
     callbacks, monitor, mode = _validation_callbacks(recipe, built, datamodule)
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -358,10 +350,27 @@ def train_and_evaluate(
             **trainer_args,
             default_root_dir=run_dir,
             logger=CSVLogger(run_dir, name="logs", version=""),
-            callbacks=[*callbacks, checkpoint, LearningRateMonitor(logging_interval="step")],
+            callbacks=[*callbacks, *extra_callbacks, checkpoint, LearningRateMonitor(logging_interval="step")],
         )
     except (ValueError, TypeError, RuntimeError, ImportError) as exc:  # MisconfigurationException is a ValueError
         raise XmcoreError(f"trainer: Lightning refused the trainer section: {exc}") from None
+    return trainer, checkpoint
+
+
+def train_and_evaluate(
+    recipe: Recipe, plugins: Plugins, base_dir: Path, run_dir: Path, resume: bool = False
+) -> dict[str, float] | None:
+    """Train and evaluate; the metrics, or ``None`` in a process other than rank 0."""
+    import pytorch_lightning as pl
+
+    resolved = recipe.resolved()
+    resume_from = prepare_run_dir(run_dir, resume, resolved)
+    write_yaml(run_dir / "recipe.yaml", resolved)
+    write_json(run_dir / "environment.json", environment(recipe, plugins, base_dir))
+
+    pl.seed_everything(recipe.seed, workers=True, verbose=False)
+    built, module, datamodule = assemble(recipe, base_dir, run_dir)
+    trainer, checkpoint = build_trainer(recipe, built, datamodule, run_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     if trainer.global_rank != 0:  # under DDP every process runs this function; one evaluates and writes
         return None
