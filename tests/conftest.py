@@ -38,6 +38,31 @@ def example_plugin_path(tmp_path_factory):
     return target
 
 
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, plugins):
+    """A quickstart run trained for a few steps (in this process): for indexing and serving."""
+    from xmcore.recipe import load_recipe, validate
+    from xmcore.run import train_and_evaluate
+    from xmcore.testing import tiny_overrides
+
+    recipe_path = ROOT / "recipes" / "quickstart.yaml"
+    loaded = load_recipe(recipe_path, tiny_overrides(recipe_path, plugins))
+    out = tmp_path_factory.mktemp("trained") / "run"
+    train_and_evaluate(validate(loaded, plugins), plugins, loaded.base_dir, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def gallery_index(trained_run, tmp_path_factory):
+    """`xmcore index` (a real subprocess) of the trained run's test split."""
+    from xmcore.testing import run_cli
+
+    out = tmp_path_factory.mktemp("index") / "gallery"
+    result = run_cli("index", trained_run, "--out", out, "--split", "test")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (40, 70, 220), "yellow": (235, 200, 20)}
 
 

@@ -74,6 +74,40 @@ def _parser() -> argparse.ArgumentParser:
     insp.add_argument("--grid", type=Path, metavar="PNG", help="also write a picture of sample images with captions")
     insp.add_argument("--split", default="train", help="the split the grid shows (default: train)")
 
+    idx = sub.add_parser("index", help="embed a gallery with a trained run and write a search index (FAISS)")
+    idx.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a directory written by `xmcore run`")
+    idx.add_argument("--out", type=Path, required=True, metavar="INDEX_DIR", help="the index folder to write")
+    idx.add_argument("--data", nargs="+", default=[], metavar="KEY=VALUE",
+                     help="the gallery as recipe keys (default: the run's own dataset), e.g. data.name=imagefolder data.root=photos")
+    idx.add_argument("--split", default="all", help="comma-separated splits to index, or 'all' (default)")
+    idx.add_argument("--modality", default="all", help="comma-separated modalities to index, or 'all' (default)")
+    idx.add_argument("--index", default="flat", choices=["flat", "hnsw", "ivfpq"], dest="kind",
+                     help="exact inner product (flat, default) or approximate (hnsw, ivfpq)")
+    idx.add_argument("--hnsw-m", type=int, default=32, help="HNSW: links per node (default 32)")
+    idx.add_argument("--ef-construction", type=int, default=200, help="HNSW: build-time candidates (default 200)")
+    idx.add_argument("--ef-search", type=int, default=128, help="HNSW: search-time candidates (default 128)")
+    idx.add_argument("--nlist", type=int, default=1024, help="IVF-PQ: coarse cells (default 1024; about sqrt(N))")
+    idx.add_argument("--pq-m", type=int, default=32, help="IVF-PQ: sub-quantizers, must divide the dimension (default 32)")
+    idx.add_argument("--nbits", type=int, default=8, help="IVF-PQ: bits per code (default 8)")
+    idx.add_argument("--nprobe", type=int, default=32, help="IVF-PQ: cells visited per query (default 32)")
+    idx.add_argument("--refine", type=int, default=0, help="IVF-PQ: re-rank REFINE*k candidates exactly (default 0: off)")
+    idx.add_argument("--shard-size", type=int, default=50_000, help="rows per embeddings shard (default 50000)")
+    idx.add_argument("--add", action="store_true", help="add the items to the existing index in INDEX_DIR")
+
+    srch = sub.add_parser("search", help="query an index with words or an image")
+    srch.add_argument("index_dir", type=Path, metavar="INDEX_DIR")
+    query = srch.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text", help="find items described by this text")
+    query.add_argument("--image", type=Path, help="find items like this image file")
+    srch.add_argument("-k", type=int, default=10, help="how many results (default 10)")
+    srch.add_argument("--target", help="the modality to search (default: the other one)")
+    srch.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    srv = sub.add_parser("serve", help="serve an index: an HTTP API and a search page (FastAPI + uvicorn)")
+    srv.add_argument("index_dir", type=Path, metavar="INDEX_DIR")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    srv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+
     plug = sub.add_parser("plugins", help="list installed plugins and the components they register")
     plug.add_argument("--json", action="store_true", help="print JSON instead of text")
     return parser
@@ -84,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "data": cmd_data,
                     "evaluate": cmd_evaluate, "report": cmd_report, "compare": cmd_compare, "cache": cmd_cache,
-                    "sweep": cmd_sweep}
+                    "sweep": cmd_sweep, "index": cmd_index, "search": cmd_search,
+                    "serve": cmd_serve}
         return commands[args.command](args)
     except XmcoreError as exc:
         print(f"error: {exc}" if "\n" not in str(exc) else f"error:\n{exc}", file=sys.stderr)
@@ -170,6 +205,66 @@ def cmd_evaluate(args) -> int:
     print(metrics_table(values))
     print(f"written: {args.out / 'metrics.json'}")
     return 0
+
+
+def _csv(value: str) -> list[str] | None:
+    return None if value == "all" else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def cmd_index(args) -> int:
+    from xmcore.index import IndexOptions, build_index
+    from xmcore.plugins import load_plugins
+
+    if args.shard_size <= 0:
+        raise XmcoreError("--shard-size: expected a positive number of rows")
+    options = IndexOptions(kind=args.kind, hnsw_m=args.hnsw_m, ef_construction=args.ef_construction,
+                           ef_search=args.ef_search, nlist=args.nlist, pq_m=args.pq_m, nbits=args.nbits,
+                           nprobe=args.nprobe, refine=args.refine)
+    manifest = build_index(args.run_dir, args.out, load_plugins(), overrides=args.data, splits=_csv(args.split),
+                           modalities=_csv(args.modality), options=options, shard_size=args.shard_size, add=args.add)
+    for modality, entry in manifest["modalities"].items():
+        print(f"{modality}: {entry['count']} items, d={entry['dim']}, {entry['index']['type']} index")
+    print(f"index: {args.out}")
+    return 0
+
+
+def cmd_search(args) -> int:
+    from xmcore.index import SearchIndex, results_table
+    from xmcore.plugins import load_plugins
+
+    if not 1 <= args.k <= 1000:
+        raise XmcoreError("-k: expected 1 to 1000 results")
+    index = SearchIndex(args.index_dir, load_plugins())
+    if args.text is not None:
+        if not args.text.strip():
+            raise XmcoreError("--text: the query is empty")
+        results = index.search("text", args.text, args.k, args.target)
+    else:
+        results = index.search("image", _open_image(args.image), args.k, args.target)
+    print(json.dumps(results, indent=2, ensure_ascii=False) if args.json else results_table(results), end="")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from xmcore.plugins import load_plugins
+    from xmcore.serve import serve
+
+    if not 0 < args.port < 65536:
+        raise XmcoreError("--port: expected 1 to 65535")
+    serve(args.index_dir, load_plugins(), host=args.host, port=args.port)
+    return 0
+
+
+def _open_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise XmcoreError(f"--image: no such file {path}") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise XmcoreError(f"--image: {path} is not a readable image ({exc})") from None
 
 
 def cmd_sweep(args) -> int:

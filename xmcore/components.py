@@ -5,6 +5,7 @@ Plugins subclass these (or follow the same shape); the core relies on nothing el
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -37,6 +38,13 @@ class Encoder(nn.Module):
 
     def forward(self, batch: Any) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def export(self, folder: Path) -> dict[str, Any]:
+        """Make a search index self-contained: write into ``folder`` what a rebuild needs besides
+        the state dict (a tokenizer, a model configuration) and return the parameter values that
+        make the rebuild read it from there (paths relative to ``folder``'s parent), or that stop
+        it from fetching weights the state dict replaces anyway.  Default: nothing to write."""
+        return {}
 
 
 class Fusion(nn.Module):

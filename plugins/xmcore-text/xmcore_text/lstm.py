@@ -117,6 +117,10 @@ class LSTMEncoder(Encoder):
         self.preprocessor = TokenPreprocessor(vocab, max_length)
         self.register_load_state_dict_pre_hook(_adopt_checkpoint_vocabulary)
 
+    def export(self, folder):
+        """Vocabulary and word vectors travel in the state dict: no GloVe file is read on a rebuild."""
+        return {"word_vectors": None}
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         tokens, lengths = batch["tokens"], batch["lengths"]
         x = self.dropout(self.embedding(tokens))

@@ -51,3 +51,8 @@ class SentenceTransformerEncoder(Encoder):
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model(dict(features))["sentence_embedding"]
+
+    def export(self, folder):
+        """The model folder (configuration, tokenizer, weights) so queries never need the original path or a hub."""
+        self.model.save(str(folder))
+        return {"model": folder.name}

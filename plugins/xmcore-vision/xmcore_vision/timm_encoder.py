@@ -105,6 +105,10 @@ class TimmEncoder(Encoder):
                 f"unexpected {len(result.unexpected_keys)} (e.g. {result.unexpected_keys[:3]})"
             )
 
+    def export(self, folder):
+        """The state dict holds every weight: a rebuild fetches nothing and reads no checkpoint file."""
+        return {"pretrained": False, "checkpoint": None}
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 

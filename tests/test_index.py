@@ -1,0 +1,167 @@
+"""`xmcore index` and `xmcore search`: a trained run's gallery in a self-contained FAISS index."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from xmcore.testing import run_cli
+
+
+@pytest.fixture(scope="module")
+def run_dir(trained_run):
+    return trained_run
+
+
+@pytest.fixture(scope="module")
+def index_dir(gallery_index):
+    return gallery_index
+
+
+def lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_index_folder_holds_embeddings_metadata_faiss_model_and_a_manifest_with_checksums(index_dir):
+    from xmcore.index import verify
+
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    images, texts = lines(index_dir / "metadata" / "image.jsonl"), lines(index_dir / "metadata" / "text.jsonl")
+    assert manifest["modalities"]["image"]["count"] == len(images) > 0
+    assert manifest["modalities"]["text"]["count"] == len(texts) > len(images)
+    assert manifest["modalities"]["image"]["index"] == {"file": "faiss/image.index", "type": "flat", "params": {},
+                                                          "ntotal": len(images)}
+    emb = np.load(index_dir / "embeddings" / "image-00000.npy")
+    assert emb.shape == (len(images), manifest["model"]["dim"]) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    # generated images have no file of their own: the index keeps a copy it can show
+    assert all((index_dir / m["media"]).is_file() for m in images)
+    assert all(t["belongs_to"].startswith("image-") and t["caption"] for t in texts)
+    assert {"model/weights.pt", "model/recipe.yaml", "faiss/text.index", "metadata/text.jsonl"} <= set(manifest["checksums"])
+    assert verify(index_dir) == []
+    assert not (index_dir / "building.json").exists()
+
+
+def test_queries_are_encoded_exactly_as_the_gallery_was(index_dir):
+    # an item of the gallery, given as a query, finds itself first with cosine 1: the stored model is the indexing one
+    texts = lines(index_dir / "metadata" / "text.jsonl")
+    result = run_cli("search", index_dir, "--text", texts[3]["caption"], "--target", "text", "-k", "1", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (hit,) = json.loads(result.stdout)
+    assert hit["caption"] == texts[3]["caption"] and hit["score"] == pytest.approx(1.0, abs=1e-4)
+
+    result = run_cli("search", index_dir, "--image", index_dir / "media" / "image-2.png", "--target", "image", "-k", "1",
+                     "--json")
+    (hit,) = json.loads(result.stdout)
+    assert hit["id"] == "image-2" and hit["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_text_search_prints_a_table_of_k_images(index_dir):
+    result = run_cli("search", index_dir, "--text", "a red circle left of a blue square", "-k", "4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "image-" in line]
+    assert len(rows) == 4 and rows[0].startswith("| 1 |")
+
+
+def test_the_index_works_without_the_run_it_came_from(run_dir, tmp_path, plugins):
+    from xmcore.index import SearchIndex, build_index
+
+    copy = tmp_path / "run-copy"
+    shutil.copytree(run_dir, copy)
+    build_index(copy, tmp_path / "idx", plugins, splits=["test"])
+    shutil.rmtree(copy)
+    moved = tmp_path / "elsewhere"
+    (tmp_path / "idx").rename(moved)
+    index = SearchIndex(moved, plugins)
+    assert len(index.search("text", "a blue square", k=3)) == 3
+
+
+def test_an_interrupted_build_resumes_from_its_shards(run_dir, tmp_path, plugins, monkeypatch):
+    import xmcore.index as index_module
+
+    clean = index_module.build_index(run_dir, tmp_path / "clean", plugins, splits=["test"], shard_size=16)
+
+    real, calls = index_module._embed_rows, []
+
+    def dies_on_third_shard(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(index_module, "_embed_rows", dies_on_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        index_module.build_index(run_dir, tmp_path / "resumed", plugins, splits=["test"], shard_size=16)
+    assert (tmp_path / "resumed" / "building.json").is_file() and not (tmp_path / "resumed" / "manifest.json").exists()
+    result = run_cli("search", tmp_path / "resumed", "--text", "a red square")
+    assert result.returncode != 0 and "interrupted build" in result.stderr and "Traceback" not in result.stderr
+
+    calls.clear()
+    monkeypatch.setattr(index_module, "_embed_rows", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    resumed = index_module.build_index(run_dir, tmp_path / "resumed", plugins, splits=["test"], shard_size=16)
+    shards = sum(len(m["shards"]) for m in resumed["modalities"].values())
+    assert len(calls) == shards - 2  # the two finished shards were kept
+    for name in resumed["checksums"]:
+        if name.startswith(("embeddings/", "metadata/")):
+            assert resumed["checksums"][name] == clean["checksums"][name], name
+
+
+def test_items_can_be_added_to_an_index(run_dir, tmp_path, plugins):
+    from xmcore.index import SearchIndex, build_index
+
+    first = build_index(run_dir, tmp_path / "idx", plugins, splits=["test"], modalities=["image"])
+    n = first["modalities"]["image"]["count"]
+    again = run_cli("index", run_dir, "--out", tmp_path / "idx", "--split", "test")
+    assert again.returncode != 0 and "--add" in again.stderr
+
+    result = run_cli("index", run_dir, "--out", tmp_path / "idx", "--split", "val", "--modality", "image", "--add")
+    assert result.returncode == 0, result.stderr[-3000:]
+    index = SearchIndex(tmp_path / "idx", plugins)
+    rows = index.items["image"]
+    assert len(rows) == index.indexes["image"].ntotal > n
+    assert [r["id"] for r in rows] == [f"image-{i}" for i in range(len(rows))]
+    assert rows[n]["split"] == "val"
+    assert index.search("image", _media(tmp_path / "idx", rows[n]), k=1, target="image")[0]["id"] == rows[n]["id"]
+
+
+def _media(index_dir, row):
+    from PIL import Image
+
+    return Image.open(index_dir / row["media"]).convert("RGB")
+
+
+@pytest.mark.parametrize("kind,extra", [("hnsw", ["--hnsw-m", "8", "--ef-search", "32"]),
+                                        ("ivfpq", ["--nlist", "2", "--pq-m", "8", "--nbits", "3", "--nprobe", "2"])])
+def test_approximate_indexes(run_dir, tmp_path, kind, extra, plugins):
+    from xmcore.index import SearchIndex, build_index, IndexOptions
+
+    options = IndexOptions(kind=kind, **{a.lstrip("-").replace("-", "_"): int(b) for a, b in zip(extra[::2], extra[1::2])})
+    manifest = build_index(run_dir, tmp_path / kind, plugins, splits=["test"], modalities=["text"], options=options)
+    entry = manifest["modalities"]["text"]["index"]
+    assert entry["type"] == kind and entry["ntotal"] == manifest["modalities"]["text"]["count"]
+    index = SearchIndex(tmp_path / kind, plugins)
+    hits = index.search("text", index.items["text"][0]["caption"], k=5, target="text")
+    assert len(hits) == 5 and hits[0]["score"] == pytest.approx(1.0, abs=0.1 if kind == "ivfpq" else 1e-4)
+
+
+def test_ivfpq_on_too_few_vectors_says_what_to_change(run_dir, tmp_path):
+    result = run_cli("index", run_dir, "--out", tmp_path / "idx", "--split", "test", "--index", "ivfpq")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "needs at least 1024 vectors" in result.stderr and "--nlist" in result.stderr
+
+
+def test_a_changed_index_file_is_refused(index_dir, tmp_path):
+    copy = tmp_path / "idx"
+    shutil.copytree(index_dir, copy)
+    with open(copy / "metadata" / "image.jsonl", "a") as fh:
+        fh.write('{"id": "image-999", "path": "/etc/passwd"}\n')
+    result = run_cli("search", copy, "--text", "a red square")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "differ from the manifest" in result.stderr and "metadata/image.jsonl" in result.stderr
+
+
+def test_search_input_errors_are_clear(index_dir, tmp_path):
+    for args, expected in [(["--text", "  "], "empty"), (["--image", tmp_path / "none.png"], "no such file"),
+                           (["--text", "x", "-k", "0"], "-k"), (["--text", "x", "--target", "audio"], "audio")]:
+        result = run_cli("search", index_dir, *args)
+        assert result.returncode != 0 and expected in result.stderr and "Traceback" not in result.stderr, args

@@ -1,0 +1,195 @@
+"""`xmcore serve`: the HTTP API (bounds, no path traversal) and the web page in a real headless Chromium."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from xmcore.testing import offline_env
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+def lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def client(gallery_index, plugins):
+    from fastapi.testclient import TestClient
+
+    from xmcore.index import SearchIndex
+    from xmcore.serve import create_app
+
+    return TestClient(create_app(SearchIndex(gallery_index, plugins)))
+
+
+def png_bytes(path):
+    return Path(path).read_bytes()
+
+
+def test_health_and_text_search(client):
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["modalities"]["image"]["index"] == "flat"
+    body = client.get("/search", params={"text": "a red square above a blue circle", "k": 3}).json()
+    assert [r["rank"] for r in body["results"]] == [1, 2, 3]
+    assert all(r["id"].startswith("image-") and r["media_url"] == f"/items/{r['id']}/media" for r in body["results"])
+    assert body["query"]["target"] == "image"
+
+
+def test_image_upload_finds_itself(client, gallery_index):
+    upload = {"image": ("query.png", png_bytes(gallery_index / "media" / "image-5.png"), "image/png")}
+    body = client.post("/search", files=upload, data={"k": "2", "target": "image"}).json()
+    assert body["results"][0]["id"] == "image-5" and body["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_items_and_their_images(client):
+    item = client.get("/items/text-0").json()
+    assert item["caption"] and item["belongs_to"] == "image-0"
+    media = client.get("/items/image-0/media")
+    assert media.status_code == 200 and media.headers["content-type"] == "image/png" and media.content[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("path", ["/items/image-999999", "/items/../../etc/passwd", "/items/image-0%2F..%2F..%2Fmanifest.json/media",
+                                  "/items/..%2F..%2Fetc%2Fpasswd/media", "/items/text-0/media", "/items/%2Fetc%2Fpasswd/media"])
+def test_nothing_is_served_that_the_index_does_not_list(client, path):
+    response = client.get(path)
+    assert response.status_code == 404 and b"root:" not in response.content
+
+
+@pytest.mark.parametrize("params,fragment", [
+    ({"text": "x", "k": 0}, "k"),
+    ({"text": "x", "k": 101}, "k"),
+    ({"text": "x" * 1001}, "text"),
+    ({"text": "   "}, "empty"),
+    ({"text": "x", "target": "audio"}, "target"),
+    ({}, "text"),
+])
+def test_bad_text_queries_get_a_4xx_that_says_why(client, params, fragment):
+    response = client.get("/search", params=params)
+    assert response.status_code == 422 and fragment in json.dumps(response.json()["detail"])
+
+
+def test_bad_uploads_get_a_4xx_and_the_server_stays_up(client):
+    from xmcore.serve import MAX_UPLOAD_BYTES
+
+    not_image = client.post("/search", files={"image": ("a.png", b"this is not a picture", "image/png")})
+    assert not_image.status_code == 422 and "not a readable image" in not_image.json()["detail"]
+    empty = client.post("/search", files={"image": ("a.png", b"", "image/png")})
+    assert empty.status_code == 422
+    huge = client.post("/search", files={"image": ("a.png", b"\0" * (MAX_UPLOAD_BYTES + 1), "image/png")})
+    assert huge.status_code == 413
+    assert client.post("/search").status_code == 422  # no file at all
+    assert client.get("/health").status_code == 200
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(gallery_index):
+    """`xmcore serve` in a real subprocess on a free port of 127.0.0.1."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "xmcore", "serve", str(gallery_index), "--port", str(port)],
+                            env=offline_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise AssertionError(f"xmcore serve did not start: {proc.communicate()[1][-3000:]}")
+        time.sleep(0.3)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_the_served_api_over_real_http(server):
+    query = urllib.parse.urlencode({"text": "a blue circle", "k": 2})
+    with urllib.request.urlopen(f"{server}/search?{query}") as r:
+        assert len(json.load(r)["results"]) == 2
+    with pytest.raises(urllib.error.HTTPError) as bad:
+        urllib.request.urlopen(f"{server}/search?text=x&k=5000")
+    assert bad.value.code == 422
+
+
+def test_serve_binds_to_this_machine_only_by_default():
+    from xmcore.cli import _parser
+
+    assert _parser().parse_args(["serve", "idx"]).host == "127.0.0.1"
+
+
+@pytest.fixture
+def browser(tmp_path):
+    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; .ci/run does)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1280,900", f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_search_page_in_a_real_browser(server, browser, gallery_index, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.select import Select
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    captions = lines(gallery_index / "metadata" / "text.jsonl")
+    wait = WebDriverWait(browser, 30)
+    browser.get(server + "/")
+    assert browser.title == "xmcore search"
+
+    def first_card():
+        cards = browser.find_elements(By.CSS_SELECTOR, "#results .card")
+        return cards[0].get_attribute("data-id") if cards else None
+
+    # words -> captions: an exact caption comes first
+    Select(browser.find_element(By.ID, "target")).select_by_value("text")
+    box = browser.find_element(By.ID, "query")
+    box.send_keys(captions[7]["caption"])
+    browser.find_element(By.ID, "search-button").click()
+    wait.until(lambda _: first_card() == "text-7")
+    assert captions[7]["caption"] in browser.find_element(By.CSS_SELECTOR, "#results .card .caption").text
+
+    # words -> images: a grid of thumbnails that loaded
+    Select(browser.find_element(By.ID, "target")).select_by_value("image")
+    browser.find_element(By.ID, "search-button").click()
+    wait.until(lambda _: (first_card() or "").startswith("image-"))
+    wait.until(lambda d: d.execute_script(
+        "return [...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)"))
+
+    # an uploaded picture -> the same picture first
+    query = tmp_path / "query.png"
+    shutil.copy(gallery_index / "media" / "image-4.png", query)
+    browser.find_element(By.ID, "image").send_keys(str(query))
+    wait.until(lambda _: first_card() == "image-4")
+    browser.save_screenshot(str(tmp_path / "page.png"))
+    if os.environ.get("XMCORE_SCREENSHOT"):
+        shutil.copy(tmp_path / "page.png", os.environ["XMCORE_SCREENSHOT"])
+    assert (tmp_path / "page.png").stat().st_size > 1000
