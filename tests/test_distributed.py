@@ -89,3 +89,46 @@ def test_recipe_runs_under_ddp_on_cpu(plugins, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("| i2t |") == 1  # rank 0 alone evaluates and reports
     assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+def evaluation_worker(rank, port, out):
+    """Each process embeds its share of the validation batches; the gathered metrics must be everyone's."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        metrics = validation_metrics()
+        if rank == 0:
+            torch.save(metrics, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def validation_metrics():
+    from conftest import ROOT
+    from xmcore.callbacks import embed_items
+    from xmcore.evaluation import compute_metrics, rank_both_directions
+    from xmcore.recipe import load_recipe, validate
+    from xmcore.run import assemble
+
+    torch.manual_seed(0)
+    plugins = load_plugins()
+    recipe_path = ROOT / "recipes" / "quickstart.yaml"
+    loaded = load_recipe(recipe_path, ["data.train=16", "data.val=21", "data.test=8", "eval.batch_size=4",
+                                       "encoders.image.model_name=test_resnet", "encoders.image.img_size=32",
+                                       "data.image_size=32"])
+    recipe = validate(loaded, plugins)
+    built, module, datamodule = assemble(recipe, loaded.base_dir, None)
+    module.eval()
+    split = built.data.splits["val"]
+    embeddings = embed_items(module, split.modalities, datamodule.item_dataloaders("val"))
+    return compute_metrics(rank_both_directions(embeddings, split), built.metrics)
+
+
+def test_evaluation_split_over_two_processes_equals_one_process(tmp_path):
+    out = tmp_path / "metrics.pt"
+    mp.spawn(evaluation_worker, args=(free_port(), str(out)), nprocs=2, join=True)
+    distributed = torch.load(out, weights_only=True)
+    single = validation_metrics()
+    assert distributed.keys() == single.keys() and len(single) > 5
+    for key, value in single.items():
+        assert distributed[key] == pytest.approx(value, abs=1e-6), key

@@ -29,20 +29,44 @@ class RetrievalValidation(pl.Callback):
         self.metrics = metrics
         self.every_n_epochs = every_n_epochs
 
-    @torch.no_grad()
     def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        embeddings = {}
-        for modality, loader in zip(self.split.modalities, self.loaders()):
-            parts, order = [], []
-            for batch in loader:
-                order.append(batch["index"])
-                parts.append(module.embed(modality, to_device(batch["item"], module.device)).float().cpu())
-            embeddings[modality] = torch.cat(parts)[torch.argsort(torch.cat(order))]
+        embeddings = embed_items(module, self.split.modalities, self.loaders())
         values = compute_metrics(rank_both_directions(embeddings, self.split), self.metrics)
         for key, value in values.items():
             module.log(f"val/{key}", value, prog_bar=key == "rsum")
+
+
+@torch.no_grad()
+def embed_items(module, modalities, loaders) -> dict[str, torch.Tensor]:
+    """Every item of each modality's loader, embedded, in item order.
+
+    Under data parallelism each process embeds every world_size-th batch and the parts are
+    all-gathered, so every process holds the same embeddings (and computes the same metrics)
+    as one process that embedded them all (tests/test_distributed.py).
+    """
+    import torch.distributed as dist
+
+    from xmcore.distributed import world_size
+
+    world = world_size()
+    rank = dist.get_rank() if world > 1 else 0
+    embeddings = {}
+    for modality, loader in zip(modalities, loaders, strict=True):
+        parts, order = [], []
+        for i, batch in enumerate(loader):
+            if i % world != rank:
+                continue
+            order.append(batch["index"])
+            parts.append(module.embed(modality, to_device(batch["item"], module.device)).float().cpu())
+        if world > 1:
+            gathered = [None] * world
+            dist.all_gather_object(gathered, (order, parts))
+            order = [o for g in gathered for o in g[0]]
+            parts = [p for g in gathered for p in g[1]]
+        embeddings[modality] = torch.cat(parts)[torch.argsort(torch.cat(order))]
+    return embeddings
 
 
 def metric_ids(metrics: list) -> list[str]:
