@@ -90,8 +90,13 @@ class RetrievalModule(pl.LightningModule):
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=batch_size)
         return loss
 
+    def on_train_start(self) -> None:
+        self._total_steps = self.trainer.estimated_stepping_batches  # once, not in every step
+
     def _progress(self) -> float:
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 0
+        if self._trainer is None:
+            return 0.0
+        total = getattr(self, "_total_steps", None) or self.trainer.estimated_stepping_batches
         if not total or math.isinf(total):
             return 0.0
         return min(1.0, self.global_step / total)
