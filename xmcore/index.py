@@ -121,8 +121,8 @@ def set_search_params(index, options: IndexOptions) -> None:
 
 
 def train_sample(vectors: np.ndarray, options: IndexOptions, seed: int = 0) -> np.ndarray:
-    """IVF-PQ trains on up to 256 points per cell (FAISS's own cap), sampled without replacement."""
-    cap = 256 * max(options.nlist, 2**options.nbits // 4)
+    """IVF-PQ trains on a sample: 64 points per coarse cell and per PQ centroid (FAISS wants >= 39)."""
+    cap = 64 * max(options.nlist, 2**options.nbits)
     if len(vectors) <= cap:
         return vectors
     return vectors[np.sort(np.random.default_rng(seed).choice(len(vectors), cap, replace=False))]
@@ -400,7 +400,7 @@ def build_index(
 
     data = built.data
     splits = list(splits or data.splits)
-    modalities = list(modalities or data.modalities)
+    modalities = list(modalities or (previous["modalities"] if previous else data.modalities))
     if previous is not None and set(modalities) - set(previous["modalities"]):
         raise XmcoreError(f"--add: the index holds {', '.join(previous['modalities'])} only")
     gallery = gallery_items(data, splits, modalities)
