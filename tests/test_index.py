@@ -38,6 +38,7 @@ def test_index_folder_holds_embeddings_metadata_faiss_model_and_a_manifest_with_
     assert all((index_dir / m["media"]).is_file() for m in images)
     assert all(t["belongs_to"].startswith("image-") and t["caption"] for t in texts)
     assert {"model/weights.pt", "model/recipe.yaml", "faiss/text.index", "metadata/text.jsonl"} <= set(manifest["checksums"])
+    assert manifest["recipe"]["fusion"]["name"] == "nonlinear" and manifest["model"]["checkpoint_sha256"]
     assert verify(index_dir) == []
     assert not (index_dir / "building.json").exists()
 

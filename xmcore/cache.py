@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from xmcore.io import write_json
+from xmcore.io import file_sha256, write_json
 
 SHARD_ROWS = 65536
 
@@ -84,14 +84,6 @@ def feature_key(identity: dict[str, Any], encoder: torch.nn.Module, items: Seque
     return key, described
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_entry(folder: Path, count: int) -> torch.Tensor | None:
     """The cached features, or ``None`` when the entry is missing, partial or corrupted (then removed)."""
     from safetensors.torch import load_file
@@ -104,7 +96,7 @@ def read_entry(folder: Path, count: int) -> torch.Tensor | None:
         parts = []
         for shard in meta["shards"]:
             path = folder / shard["file"]
-            if _sha256(path) != shard["sha256"]:
+            if file_sha256(path) != shard["sha256"]:
                 raise ValueError(f"{path} does not match its checksum")
             parts.append(load_file(str(path))["features"])
         features = torch.cat(parts)
@@ -126,7 +118,7 @@ def write_entry(folder: Path, features: torch.Tensor, described: dict[str, Any])
     for n, start in enumerate(range(0, max(1, len(features)), SHARD_ROWS)):
         name = f"part-{n:04d}.safetensors"
         save_file({"features": features[start : start + SHARD_ROWS].contiguous()}, str(partial / name))
-        shards.append({"file": name, "sha256": _sha256(partial / name)})
+        shards.append({"file": name, "sha256": file_sha256(partial / name)})
     meta = {"rows": len(features), "dim": int(features.shape[1]), "shards": shards, "created": time.time(), **described}
     write_json(partial / "meta.json", meta)
     shutil.rmtree(folder, ignore_errors=True)

@@ -22,7 +22,6 @@ an existing index with the model stored in it; their ids continue from the last.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -33,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from xmcore.errors import XmcoreError
-from xmcore.io import atomic_write_bytes, atomic_write_text, write_json, write_yaml
+from xmcore.io import atomic_write_bytes, atomic_write_text, file_sha256 as sha256, write_json, write_yaml
 
 FORMAT = 1
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
@@ -129,14 +128,6 @@ def train_sample(vectors: np.ndarray, options: IndexOptions, seed: int = 0) -> n
 
 
 # ---------------------------------------------------------------------------------------------- files
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -498,6 +489,7 @@ def build_index(
         "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "model": {"run_dir": str(run_dir.resolve()), "checkpoint": checkpoint.name, "checkpoint_sha256": checkpoint_sha,
                   "recipe": recipe.name, "dim": recipe.fusion.dim},
+        "recipe": previous["recipe"] if previous else recipe.resolved(),  # the run's, --data applied
         "sources": (previous["sources"] if previous else []) + [{"splits": splits, "overrides": list(overrides)}],
         "modalities": manifest_modalities,
         "checksums": checksums,
