@@ -37,7 +37,9 @@ def test_index_folder_holds_embeddings_metadata_faiss_model_and_a_manifest_with_
     # generated images have no file of their own: the index keeps a copy it can show
     assert all((index_dir / m["media"]).is_file() for m in images)
     assert all(t["belongs_to"].startswith("image-") and t["caption"] for t in texts)
-    assert {"model/weights.pt", "model/recipe.yaml", "faiss/text.index", "metadata/text.jsonl"} <= set(manifest["checksums"])
+    assert {"model/weights.pt", "model/recipe.yaml", "faiss/text.index", "metadata/text.jsonl",
+            "embeddings/text-00000.npy"} <= set(manifest["checksums"])
+    assert set(manifest["media_checksums"]) == {f"image-{i}.png" for i in range(len(images))}
     assert manifest["recipe"]["fusion"]["name"] == "nonlinear" and manifest["model"]["checkpoint_sha256"]
     assert verify(index_dir) == []
     assert not (index_dir / "building.json").exists()
@@ -111,24 +113,46 @@ def test_an_interrupted_build_resumes_from_its_shards(run_dir, tmp_path, plugins
             assert resumed["checksums"][name] == clean["checksums"][name], name
 
 
-def test_items_can_be_added_to_an_index(run_dir, tmp_path, plugins, capsys):
-    from xmcore.index import SearchIndex, build_index
+def test_items_can_be_added_to_an_index(run_dir, tmp_path, plugins, capsys, monkeypatch):
+    import xmcore.index as index_module
+    from xmcore.index import SearchIndex, build_index, verify
 
-    first = build_index(run_dir, tmp_path / "idx", plugins, splits=["test"], modalities=["image"])
-    n = first["modalities"]["image"]["count"]
+    first = build_index(run_dir, tmp_path / "idx", plugins, splits=["test"])
+    n_img, n_txt = first["modalities"]["image"]["count"], first["modalities"]["text"]["count"]
     from xmcore.cli import main
 
     assert main(["index", str(run_dir), "--out", str(tmp_path / "idx"), "--split", "test"]) != 0
     assert "--add" in capsys.readouterr().err
 
-    result = run_cli("index", run_dir, "--out", tmp_path / "idx", "--split", "val", "--modality", "image", "--add")
+    # an --add interrupted after its first modality leaves the index it started from intact
+    real = index_module._embed_rows
+
+    def dies_on_text(module, modality, *args, **kwargs):
+        if modality == "text":
+            raise KeyboardInterrupt
+        return real(module, modality, *args, **kwargs)
+
+    monkeypatch.setattr(index_module, "_embed_rows", dies_on_text)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(run_dir, tmp_path / "idx", plugins, splits=["val"], add=True)
+    assert verify(tmp_path / "idx") == [] and SearchIndex(tmp_path / "idx", plugins).indexes["image"].ntotal == n_img
+    monkeypatch.setattr(index_module, "_embed_rows", real)
+
+    # run again (a real CLI): both modalities added once, ids continuing, captions pointing at the new images
+    result = run_cli("index", run_dir, "--out", tmp_path / "idx", "--split", "val", "--add")
     assert result.returncode == 0, result.stderr[-3000:]
     index = SearchIndex(tmp_path / "idx", plugins)
-    rows = index.items["image"]
-    assert len(rows) == index.indexes["image"].ntotal > n
-    assert [r["id"] for r in rows] == [f"image-{i}" for i in range(len(rows))]
-    assert rows[n]["split"] == "val"
-    assert index.search("image", _media(tmp_path / "idx", rows[n]), k=1, target="image")[0]["id"] == rows[n]["id"]
+    images, texts = index.items["image"], index.items["text"]
+    assert len(images) == index.indexes["image"].ntotal > n_img and len(texts) == index.indexes["text"].ntotal > n_txt
+    assert [r["id"] for r in images] == [f"image-{i}" for i in range(len(images))]
+    assert images[n_img]["split"] == "val" and texts[n_txt]["belongs_to"] == f"image-{n_img}"
+    assert index.search("image", _media(tmp_path / "idx", images[n_img]), k=1, target="image")[0]["id"] == f"image-{n_img}"
+    assert verify(tmp_path / "idx") == [] and not (tmp_path / "idx" / "metadata" / "image.jsonl").exists()  # old generation gone
+
+    # adding to one modality keeps the other
+    after = build_index(run_dir, tmp_path / "idx", plugins, splits=["train"], modalities=["image"], add=True)
+    assert after["modalities"]["text"]["count"] == len(texts) and after["modalities"]["image"]["count"] > len(images)
+    assert SearchIndex(tmp_path / "idx", plugins).search("text", texts[0]["caption"], k=1, target="text")[0]["id"] == "text-0"
 
 
 def _media(index_dir, row):

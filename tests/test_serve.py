@@ -66,6 +66,27 @@ def test_nothing_is_served_that_the_index_does_not_list(client, path):
     assert response.status_code == 404 and b"root:" not in response.content
 
 
+def test_only_listed_and_intact_files_are_served(gallery_index, plugins, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from xmcore.index import SearchIndex
+    from xmcore.serve import create_app
+
+    copy = tmp_path / "idx"
+    shutil.copytree(gallery_index, copy)
+    index = SearchIndex(copy, plugins)
+    client = TestClient(create_app(index))
+    assert client.get("/items/image-1/media").status_code == 200
+    index.by_id["image-1"]["media"] = "../manifest.json"  # as if the metadata pointed outside media/
+    index.by_id["image-2"] = {**index.by_id["image-2"], "path": "/etc/passwd"}
+    index.by_id["image-2"].pop("media")
+    (copy / "media" / "image-3.png").write_bytes((copy / "media" / "image-4.png").read_bytes())  # swapped by hand
+    for item in ("image-1", "image-2", "image-3"):
+        response = client.get(f"/items/{item}/media")
+        assert response.status_code == 404 and b"root:" not in response.content and b"format" not in response.content
+    assert "/etc" not in client.get("/items/image-2").text  # a file name at most, never a server path
+
+
 @pytest.mark.parametrize("params,fragment", [
     ({"text": "x", "k": 0}, "k"),
     ({"text": "x", "k": 101}, "k"),

@@ -215,8 +215,13 @@ def cmd_index(args) -> int:
     from xmcore.index import IndexOptions, build_index
     from xmcore.plugins import load_plugins
 
-    if args.shard_size <= 0:
-        raise XmcoreError("--shard-size: expected a positive number of rows")
+    for flag in ("shard_size", "hnsw_m", "ef_construction", "ef_search", "nlist", "pq_m", "nbits", "nprobe"):
+        if getattr(args, flag) <= 0:
+            raise XmcoreError(f"--{flag.replace('_', '-')}: expected a positive number, got {getattr(args, flag)}")
+    if args.nbits > 16:
+        raise XmcoreError(f"--nbits: expected 1 to 16 bits per code, got {args.nbits}")
+    if args.refine < 0:
+        raise XmcoreError(f"--refine: expected 0 (off) or a positive factor, got {args.refine}")
     options = IndexOptions(kind=args.kind, hnsw_m=args.hnsw_m, ef_construction=args.ef_construction,
                            ef_search=args.ef_search, nlist=args.nlist, pq_m=args.pq_m, nbits=args.nbits,
                            nprobe=args.nprobe, refine=args.refine)
@@ -263,8 +268,8 @@ def _open_image(path: Path):
             return im.convert("RGB")
     except FileNotFoundError:
         raise XmcoreError(f"--image: no such file {path}") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise XmcoreError(f"--image: {path} is not a readable image ({exc})") from None
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise XmcoreError(f"--image: {path} is not a readable image ({type(exc).__name__}: {exc})") from None
 
 
 def cmd_sweep(args) -> int:

@@ -40,7 +40,7 @@ class _AllGather(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        sizes = _sizes(x.shape[0])
+        sizes = _sizes(x.shape[0], x.device)
         ctx.start = sum(sizes[: dist.get_rank()])
         ctx.rows = x.shape[0]
         return _gather(x.detach(), sizes)
@@ -56,11 +56,11 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from every process (no gradient: ids, labels); sizes may differ."""
     if world_size() == 1:
         return x
-    return _gather(x, _sizes(x.shape[0]))
+    return _gather(x, _sizes(x.shape[0], x.device))
 
 
-def _sizes(rows: int) -> list[int]:
-    mine = torch.tensor([rows], dtype=torch.long)
+def _sizes(rows: int, device: torch.device) -> list[int]:
+    mine = torch.tensor([rows], dtype=torch.long, device=device)  # NCCL takes CUDA tensors only
     every = [torch.zeros_like(mine) for _ in range(world_size())]
     dist.all_gather(every, mine)
     return [int(n) for n in every]

@@ -23,6 +23,7 @@ an existing index with the model stored in it; their ids continue from the last.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from xmcore.errors import XmcoreError
 from xmcore.io import atomic_write_bytes, atomic_write_text, file_sha256 as sha256, write_json, write_yaml
 
 FORMAT = 1
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
 
 
@@ -160,11 +162,18 @@ def read_manifest(index_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def verify(index_dir: Path, manifest: dict[str, Any] | None = None) -> list[str]:
-    """The files whose checksum differs from the manifest's (empty: all intact)."""
+def verify(index_dir: Path, manifest: dict[str, Any] | None = None, embeddings: bool = True) -> list[str]:
+    """The files whose checksum differs from the manifest's (empty: all intact).
+
+    ``embeddings=False`` skips the embedding shards and media: what a search never reads at start-up."""
     manifest = manifest or read_manifest(index_dir)
+    expected = dict(manifest["checksums"])
+    if embeddings:
+        expected.update({f"media/{name}": digest for name, digest in manifest.get("media_checksums", {}).items()})
     bad = []
-    for rel, digest in manifest["checksums"].items():
+    for rel, digest in expected.items():
+        if not embeddings and rel.startswith("embeddings/"):
+            continue
         path = Path(index_dir) / rel
         if not path.is_file() or sha256(path) != digest:
             bad.append(rel)
@@ -309,13 +318,12 @@ def _save_media(index_dir: Path, item_id: str, item: Any) -> str | None:
     image = materialize(item)
     if not hasattr(image, "save"):
         return None
-    path = index_dir / "media" / f"{item_id}.png"
-    if not path.is_file():
-        import io
+    import io
 
-        buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, format="PNG")
-        atomic_write_bytes(path, buffer.getvalue())
+    path = index_dir / "media" / f"{item_id}.png"
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
     return f"media/{path.name}"
 
 
@@ -386,7 +394,13 @@ def build_index(
     base_dir = Path(stored.get("xmcore_base_dir", run_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     built, module, _ = assemble(recipe, base_dir, None, precompute_frozen=False)
-    module.load_state_dict(stored["state_dict"])
+    try:
+        module.load_state_dict(stored["state_dict"])
+    except RuntimeError as exc:
+        raise XmcoreError(
+            f"{checkpoint}: its weights do not fit the model built from the recipe ({str(exc).splitlines()[0]}); "
+            "--data may change the data only, not the encoders or fusion"
+        ) from None
     module.eval()
 
     data = built.data
@@ -395,8 +409,13 @@ def build_index(
     if previous is not None and set(modalities) - set(previous["modalities"]):
         raise XmcoreError(f"--add: the index holds {', '.join(previous['modalities'])} only")
     gallery = gallery_items(data, splits, modalities)
+    if not any(gallery.values()) or (previous is None and not all(gallery.values())):
+        empty = [m for m in modalities if not gallery[m]]
+        raise XmcoreError(f"the gallery has no {', '.join(empty)} items in the splits {', '.join(splits)}")
 
-    # Resumable: a record of the shards written so far, valid for this exact command.
+    # Resumable: a record of the shards written so far, valid for this exact command and this exact content.
+    from xmcore.cache import data_fingerprint
+
     job = {
         "checkpoint_sha256": checkpoint_sha,
         "recipe": recipe.resolved(),
@@ -404,20 +423,30 @@ def build_index(
         "modalities": modalities,
         "shard_size": shard_size,
         "add_to": previous["checksums"] if previous else None,
-        "counts": {m: len(v) for m, v in gallery.items()},
+        "content": {m: data_fingerprint([g.item for g in v]) for m, v in gallery.items()},
     }
     job_path = out_dir / "building.json"
     state: dict[str, Any] = {"job": job, "shards": {}}
+    earlier = None
     if job_path.is_file():
-        earlier = json.loads(job_path.read_text())
-        if earlier.get("job") == json.loads(json.dumps(job)):
-            state = earlier
-            print(f"resuming: {len(state['shards'])} shards already written", file=sys.stderr)
-        else:
-            print("an interrupted build with other settings was found; starting over", file=sys.stderr)
+        try:
+            earlier = json.loads(job_path.read_text())
+        except json.JSONDecodeError:
+            earlier = None
+    if earlier is not None and earlier.get("job") == json.loads(json.dumps(job)):
+        state = earlier
+        print(f"resuming: {len(state['shards'])} shards already written", file=sys.stderr)
+    elif previous is None and any((out_dir / d).exists() for d in ("embeddings", "metadata", "faiss", "media", "model")):
+        print("an interrupted build with other settings was found; starting over", file=sys.stderr)
+        for folder in ("embeddings", "metadata", "faiss", "media", "model"):
+            shutil.rmtree(out_dir / folder, ignore_errors=True)
 
+    # Files an --add rewrites get the next generation's name; the manifest switches to them last, so an
+    # interrupted --add leaves the index it started from intact (and a rerun starts from that again).
+    generation = previous.get("generation", 0) + 1 if previous else 0
+    suffix = f".g{generation}" if generation else ""
     batch_size = batch_size or recipe.eval.batch_size
-    manifest_modalities = {}
+    manifest_modalities = dict(previous["modalities"]) if previous else {}
     for modality in modalities:
         items = gallery[modality]
         before = previous["modalities"][modality] if previous else None
@@ -439,7 +468,6 @@ def build_index(
             shards.append({"file": name, "rows": len(rows)})
         progress.close()
 
-        meta_rel = f"metadata/{modality}.jsonl"
         lines = []
         for row, entry in enumerate(items, start=start_row):
             meta = {"id": f"{modality}-{row}", "modality": modality, **entry.meta}
@@ -452,18 +480,22 @@ def build_index(
                 owner_start = previous["modalities"][owner_modality]["count"] if previous else 0
                 meta["belongs_to"] = f"{owner_modality}-{owner_start + meta.pop('belongs_to_row')}"
             lines.append(json.dumps(meta, ensure_ascii=False))
-        old = (out_dir / meta_rel).read_text() if previous else ""
+        meta_rel = f"metadata/{modality}{suffix}.jsonl"
+        old = (out_dir / before["metadata"]).read_text() if before else ""
         atomic_write_text(out_dir / meta_rel, old + "".join(line + "\n" for line in lines))
 
         vectors = np.concatenate([np.load(out_dir / s["file"]) for s in shards[first_shard:]]) if items else None
-        index_rel = f"faiss/{modality}.index"
         dim = int(vectors.shape[1]) if vectors is not None and len(vectors) else int(before["dim"])
-        if previous:
-            index = _faiss().read_index(str(out_dir / index_rel))
+        if before:
+            index = _faiss().read_index(str(out_dir / before["index"]["file"]))
+            if index.ntotal != before["count"]:
+                raise XmcoreError(f"{out_dir / before['index']['file']}: holds {index.ntotal} vectors, the manifest "
+                                  f"says {before['count']}; the index was changed by hand: rebuild it")
         else:
             index = new_faiss_index(dim, options, train_sample(vectors, options) if options.kind == "ivfpq" else None)
         if vectors is not None and len(vectors):
             index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        index_rel = f"faiss/{modality}{suffix}.index"
         (out_dir / "faiss").mkdir(exist_ok=True)
         _write_faiss(out_dir / index_rel, index)
         manifest_modalities[modality] = {
@@ -476,14 +508,13 @@ def build_index(
 
     if previous is None:
         export_model(module, recipe, out_dir / "model")
-    checksums = {
-        str(p.relative_to(out_dir)): sha256(p)
-        for p in sorted(out_dir.rglob("*"))
-        if p.is_file() and not p.name.startswith(".") and p.name not in ("manifest.json", "building.json")
-        and not p.relative_to(out_dir).parts[0] == "media"
-    }
+    listed = [p for p in sorted((out_dir / "model").rglob("*")) if p.is_file() and not p.name.startswith(".")]
+    listed += [out_dir / rel for entry in manifest_modalities.values()
+               for rel in (entry["metadata"], entry["index"]["file"], *(s["file"] for s in entry["shards"]))]
+    media = sorted((out_dir / "media").glob("*")) if (out_dir / "media").is_dir() else []
     manifest = {
         "format": FORMAT,
+        "generation": generation,
         "xmcore": __version__,
         "created": previous["created"] if previous else time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -492,10 +523,16 @@ def build_index(
         "recipe": previous["recipe"] if previous else recipe.resolved(),  # the run's, --data applied
         "sources": (previous["sources"] if previous else []) + [{"splits": splits, "overrides": list(overrides)}],
         "modalities": manifest_modalities,
-        "checksums": checksums,
+        "checksums": {str(p.relative_to(out_dir)): sha256(p) for p in listed},
+        "media_checksums": {p.name: sha256(p) for p in media},
     }
     write_json(out_dir / "manifest.json", manifest)
     job_path.unlink(missing_ok=True)
+    if previous:  # the files of the generation before, now that nothing points at them
+        for modality in modalities:
+            for rel in (previous["modalities"][modality]["metadata"], previous["modalities"][modality]["index"]["file"]):
+                if rel not in (manifest_modalities[modality]["metadata"], manifest_modalities[modality]["index"]["file"]):
+                    (out_dir / rel).unlink(missing_ok=True)
     return manifest
 
 
@@ -509,7 +546,7 @@ class SearchIndex:
         self.dir = Path(index_dir)
         self.manifest = read_manifest(self.dir)
         if check:
-            bad = verify(self.dir, self.manifest)
+            bad = verify(self.dir, self.manifest, embeddings=False)
             if bad:
                 raise XmcoreError(
                     f"{self.dir}: {len(bad)} files differ from the manifest ({', '.join(bad[:5])}); the index is "
@@ -525,6 +562,21 @@ class SearchIndex:
                 self.items[modality] = [json.loads(line) for line in fh if line.strip()]
         self.by_id = {meta["id"]: meta for rows in self.items.values() for meta in rows}
         self.model = QueryModel(self.dir / "model", plugins)
+
+    def media_file(self, meta: dict[str, Any]) -> Path | None:
+        """The image file of an item, if the index lists one: inside the index folder (checked against
+        the manifest's checksum) or the item's own file; never a path that came from elsewhere."""
+        if "media" in meta:
+            root = self.dir.resolve()
+            path = (self.dir / meta["media"]).resolve()
+            expected = self.manifest.get("media_checksums", {}).get(path.name)
+            if path.parent != root / "media" or not path.is_file() or expected is None or sha256(path) != expected:
+                return None
+            return path
+        if "path" in meta:
+            path = Path(meta["path"])
+            return path if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() else None
+        return None
 
     @property
     def modalities(self) -> list[str]:

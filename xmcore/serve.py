@@ -14,6 +14,7 @@ server binds 127.0.0.1 unless told otherwise.
 
 
 import io
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -25,15 +26,64 @@ MAX_K = 100
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
                ".gif": "image/gif", ".bmp": "image/bmp"}
+PUBLIC_FIELDS = ("id", "modality", "caption", "label", "split", "belongs_to")  # what a client sees of an item
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a request body over ``limit`` bytes with 413 before it is stored anywhere
+    (a declared Content-Length at once; a chunked body as soon as it passes the limit)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(send)
+        received, started = 0, False
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _TooLarge
+            return message
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except _TooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send):
+        body = json.dumps({"detail": f"request body larger than {self.limit // (1024 * 1024)} MB"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def create_app(index):
     """The FastAPI application over an opened :class:`xmcore.index.SearchIndex`."""
-    from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+    from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
     from fastapi.responses import FileResponse, HTMLResponse
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+    from starlette.concurrency import run_in_threadpool
 
     app = FastAPI(title="xmcore search", version="1", docs_url="/docs", redoc_url=None)
+    app.add_middleware(BodyLimit, limit=MAX_UPLOAD_BYTES + 64 * 1024)  # the image plus the form's other fields
     lock = threading.Lock()  # one query through the model at a time
     modalities = index.modalities
 
@@ -43,24 +93,15 @@ def create_app(index):
         return target
 
     def present(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        out = []
-        for r in results:
-            item = {k: r[k] for k in ("rank", "score", "id", "modality", "caption", "label", "split", "belongs_to") if k in r}
-            if media_path(r) is not None:
-                item["media_url"] = f"/items/{r['id']}/media"
-            out.append(item)
-        return out
+        return [public(r) | {"rank": r["rank"], "score": r["score"]} for r in results]
 
-    def media_path(meta: dict[str, Any]) -> Path | None:
-        """The file of an image item, from the index's own metadata only (never from the request)."""
-        if "media" in meta:
-            root = index.dir.resolve()
-            path = (index.dir / meta["media"]).resolve()
-            return path if path.is_relative_to(root) and path.is_file() else None
-        if "path" in meta and Path(meta["path"]).suffix.lower() in IMAGE_TYPES:
-            path = Path(meta["path"])
-            return path if path.is_file() else None
-        return None
+    def public(meta: dict[str, Any]) -> dict[str, Any]:
+        item = {k: meta[k] for k in PUBLIC_FIELDS if k in meta}
+        if "path" in meta:
+            item["file"] = Path(meta["path"]).name  # a name, never a server path
+        if "media" in meta or "path" in meta:
+            item["media_url"] = f"/items/{meta['id']}/media"
+        return item
 
     def run(query_modality: str, query: Any, k: int, target: str | None) -> dict[str, Any]:
         try:
@@ -73,7 +114,7 @@ def create_app(index):
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
-        return PAGE.replace("{{modalities}}", ",".join(modalities))
+        return PAGE.replace('"{{modalities}}"', json.dumps(modalities).replace("<", "\\u003c"))
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -91,44 +132,40 @@ def create_app(index):
 
     @app.post("/search")
     async def search_image(
-        request: Request,
         image: UploadFile = File(..., description="an image file (PNG, JPEG, ...)"),
         k: int = Form(10, ge=1, le=MAX_K),
         target: str | None = Form(None, max_length=40),
     ) -> dict[str, Any]:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES + 64 * 1024:
-            raise HTTPException(413, f"image: larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB")
         data = await image.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:
             raise HTTPException(413, f"image: larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB")
         if not data:
             raise HTTPException(422, "image: the upload is empty")
+        picture = await run_in_threadpool(decode, data)
+        return await run_in_threadpool(run, "image", picture, k, check_target(target))
+
+    def decode(data: bytes):
         try:
             with Image.open(io.BytesIO(data)) as im:
                 if im.width * im.height > 50_000_000:
                     raise HTTPException(413, "image: more than 50 megapixels")
-                picture = im.convert("RGB")
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+                return im.convert("RGB")
+        except HTTPException:
+            raise
+        except Exception:  # noqa: BLE001 -- PIL raises many types for bad input; none may take the server down
             raise HTTPException(422, "image: not a readable image (expected PNG, JPEG, WebP, GIF or BMP)") from None
-        return run("image", picture, k, check_target(target))
 
     @app.get("/items/{item_id}")
     def item(item_id: str) -> dict[str, Any]:
         meta = index.by_id.get(item_id)
         if meta is None:
             raise HTTPException(404, f"no item '{item_id[:80]}' in this index")
-        out = {k: v for k, v in meta.items() if k not in ("path", "media")}  # no server paths to the client
-        if "path" in meta:
-            out["file"] = Path(meta["path"]).name
-        if media_path(meta) is not None:
-            out["media_url"] = f"/items/{item_id}/media"
-        return out
+        return public(meta)
 
     @app.get("/items/{item_id}/media")
     def media(item_id: str):
         meta = index.by_id.get(item_id)
-        path = media_path(meta) if meta else None
+        path = index.media_file(meta) if meta else None
         if path is None:
             raise HTTPException(404, f"no image for item '{item_id[:80]}' in this index")
         return FileResponse(path, media_type=IMAGE_TYPES.get(path.suffix.lower(), "application/octet-stream"))
@@ -184,7 +221,7 @@ PAGE = """<!doctype html>
 <div id="status"></div>
 <div id="results"></div>
 <script>
-const modalities = "{{modalities}}".split(",");
+const modalities = "{{modalities}}";
 const target = document.getElementById("target");
 for (const m of modalities) {
   const o = document.createElement("option"); o.value = m; o.textContent = m === "image" ? "images" : m === "text" ? "captions" : m;
