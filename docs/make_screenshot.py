@@ -9,7 +9,6 @@ Needs Debian's chromium and chromium-driver, and selenium (requirements-dev.txt)
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,11 +21,11 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from xmcore.testing import free_port
+
 
 def main(index_dir: str, query: str, out: str = str(Path(__file__).with_name("search-page.png"))) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "xmcore", "serve", index_dir, "--port", str(port)])
     url = f"http://127.0.0.1:{port}/"
     try:

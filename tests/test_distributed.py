@@ -1,7 +1,6 @@
 """Two processes x batch B give the same loss and gradients as one process x batch 2B (gloo, CPU)."""
 
 import os
-import socket
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ import torch.multiprocessing as mp
 from xmcore.distributed import gather, gather_with_grad
 from xmcore.plugins import load_plugins
 from xmcore.registry import BuildContext
-from xmcore.testing import build
+from xmcore.testing import build, free_port
 
 B, D_IMG, D_TXT, DIM = 6, 10, 7, 5
 
@@ -51,11 +50,6 @@ def worker(rank, port, loss_name, split, out):
     finally:
         dist.destroy_process_group()
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("loss_name,split", [("infonce", B), ("triplet", B), ("infonce", B - 2)],

@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from xmcore.testing import offline_env
+from xmcore.testing import free_port, offline_env
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
@@ -112,11 +111,6 @@ def test_bad_uploads_get_a_4xx_and_the_server_stays_up(client):
     assert client.post("/search").status_code == 422  # no file at all
     assert client.get("/health").status_code == 200
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -223,3 +223,12 @@ def check_augmentation(component: Component, modality: str) -> None:
     for item in sample_items(modality):
         out = augment(item)
         assert type(out) is type(item) or (modality == "image" and hasattr(out, "size")), type(out)
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now (for a test's server or DDP rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
