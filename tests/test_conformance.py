@@ -134,6 +134,6 @@ def test_evaluate_embeddings_cli(tmp_path):
 
     np.savez(tmp_path / "bad.npz", image=emb["image"].numpy(), text=emb["text"].numpy())
     bad = run_cli("evaluate", "--embeddings", tmp_path / "bad.npz", "--out", tmp_path / "b")
-    assert bad.returncode == 1 and "has no array 'text_to_image'" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "has no array 'text_to_image'" in bad.stderr and "Traceback" not in bad.stderr
     typo = run_cli("evaluate", "--embeddings", tmp_path / "e.npz", "--out", tmp_path / "t", "--metrics", "[{name: mapp}]")
     assert typo.returncode == 2 and "unknown metric 'mapp'; did you mean 'map'?" in typo.stderr

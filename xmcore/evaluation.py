@@ -208,7 +208,9 @@ def metrics_table(metrics: Mapping[str, float]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _fmt(value: float | None, key: str = "") -> str:
+def format_metric(value: float | None, key: str = "") -> str:
+    """A metric as every table shows it: ranks (``.../medR``) and values above 1 as whole numbers or with
+    2 decimals (``1``, ``1.29``, ``5.76``), rates with 4 (``0.8950``); ``key`` is the metric id."""
     if value is None:
         return ""
     if "/med" in key or abs(value) > 1:
@@ -216,53 +218,22 @@ def _fmt(value: float | None, key: str = "") -> str:
     return f"{value:.4f}"
 
 
+_fmt = format_metric
+
+
 def load_embeddings_file(path) -> tuple[Split, dict[str, torch.Tensor]]:
-    """Read an ``.npz`` of embeddings computed anywhere: ``image`` (N x d), ``text`` (M x d),
-    ``text_to_image`` (M ints), optional ``image_labels`` / ``text_labels`` (class ids).
+    """Read an embeddings file (:mod:`xmcore.embeddings`: a run's ``embeddings.npz``, or ``image`` (N x d),
+    ``text`` (M x d), ``text_to_image`` (M ints), optional ``image_labels`` / ``text_labels``), checked
+    completely: anything that cannot be evaluated is an :class:`~xmcore.embeddings.EmbeddingsFileError`.
 
-    With labels, relevance is by class (``image_labels`` and ``text_labels`` both); without,
-    a text is relevant to its own image.
+    With labels, relevance is by class; without, a text is relevant to its own image.
     """
-    from pathlib import Path
+    from xmcore.embeddings import load_embeddings
 
-    from xmcore.errors import XmcoreError
+    loaded = load_embeddings(path)
+    tensors = {m: torch.from_numpy(e) for m, e in loaded.embeddings.items()}
+    return loaded.split, {m: t if _is_unit(t) else normalize_(t) for m, t in tensors.items()}  # no copy
 
-    path = Path(path)
-    if not path.is_file():
-        raise XmcoreError(f"--embeddings: no such file {path}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (ValueError, OSError) as exc:
-        raise XmcoreError(f"--embeddings: {path} is not a readable .npz file ({exc})") from None
-    missing = [k for k in ("image", "text", "text_to_image") if k not in arrays]
-    if missing:
-        raise XmcoreError(
-            f"--embeddings: {path} has no array {', '.join(map(repr, missing))}; expected image (N x d), "
-            f"text (M x d), text_to_image (M), optionally image_labels (N) and text_labels (M); it has: {', '.join(arrays)}"
-        )
-    image, text, owner = arrays["image"], arrays["text"], arrays["text_to_image"]
-    problems = []
-    if image.ndim != 2 or text.ndim != 2 or image.shape[1] != text.shape[1]:
-        problems.append(f"image {image.shape} and text {text.shape} must be 2-D with the same width")
-    if owner.shape != (len(text),) or not np.issubdtype(owner.dtype, np.integer):
-        problems.append(f"text_to_image must hold {len(text)} integers, got {owner.dtype} {owner.shape}")
-    elif len(owner) and (owner.min() < 0 or owner.max() >= len(image)):
-        problems.append(f"text_to_image values must lie in [0, {len(image)})")
-    has_labels = "image_labels" in arrays or "text_labels" in arrays
-    if has_labels and not ("image_labels" in arrays and "text_labels" in arrays):
-        problems.append("give both image_labels and text_labels, or neither")
-    if problems:
-        raise XmcoreError(f"--embeddings: {path}: " + "; ".join(problems))
-    split = Split(
-        ("image", "text"),
-        {"image": range(len(image)), "text": range(len(text))},
-        owner,
-        labels=arrays["image_labels"] if has_labels else None,
-        relevance="label" if has_labels else "owner",
-        member_labels=arrays["text_labels"] if has_labels else None,
-    )
-    tensors = {"image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
-               "text": torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32))}
-    _check_finite(**tensors)
-    return split, {m: normalize_(t) for m, t in tensors.items()}
+
+def _is_unit(emb: torch.Tensor) -> bool:
+    return bool(torch.allclose(emb.norm(dim=-1), torch.ones(()), atol=1e-5))

@@ -6,8 +6,8 @@
 * ``gallery.png`` -- for a few text queries their top-5 images, the correct one framed in green,
   and for a few images their top-5 captions, the correct ones marked.
 
-The embeddings of the evaluated split are kept as ``embeddings.npz`` so that ``xmcore report``
-can draw everything again.
+The embeddings of the evaluated split are kept as ``embeddings.npz`` (:mod:`xmcore.embeddings`) so that
+``xmcore report`` can draw everything again.
 """
 
 from __future__ import annotations
@@ -43,21 +43,6 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-def save_embeddings(path: Path, embeddings: Mapping[str, Any], split) -> None:
-    arrays = {f"emb_{m}": np.asarray(e, dtype=np.float32) for m, e in embeddings.items()}
-    arrays.update({f"groups_{m}": np.asarray(split.groups(m)) for m in split.modalities})
-    arrays["owner"] = split.owner
-    buf = io.BytesIO()
-    np.savez(buf, modalities=np.array(split.modalities), **arrays)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_embeddings(path: Path) -> tuple[tuple[str, str], dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        modalities = tuple(str(m) for m in z["modalities"])
-        return modalities, {m: z[f"emb_{m}"] for m in modalities}, {m: z[f"groups_{m}"] for m in modalities}, z["owner"]
-
-
 def loss_curves(log: Path, path: Path) -> str | None:
     if not log.is_file():
         return None
@@ -85,6 +70,50 @@ def loss_curves(log: Path, path: Path) -> str | None:
         ax2.legend(loc="center right")
     ax.legend(loc="upper right")
     ax.set_title("training")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _log_series(log: Path, keys: tuple[str, ...]) -> dict[str, list[tuple[float, float]]]:
+    series: dict[str, list[tuple[float, float]]] = {}
+    with log.open() as f:
+        for row in csv.DictReader(f):
+            for key in keys:
+                if row.get(key):
+                    series.setdefault(key, []).append((float(row["step"]), float(row[key])))
+    return series
+
+
+def modality_curves(log: Path, path: Path) -> str | None:
+    """The modality gap on the validation split and a modality discriminator's accuracy over training
+    (the adversarial strategy's); ``None`` when the log has neither."""
+    if not log.is_file():
+        return None
+    series = _log_series(log, ("val/gap", "train/disc_acc", "val/disc_acc"))
+    if not series:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    styles = {"train/disc_acc": ("#9467bd", None), "val/disc_acc": ("#8c564b", "o"), "val/gap": (GREEN, "s")}
+    for key in ("train/disc_acc", "val/disc_acc"):
+        if key in series:
+            x, y = zip(*series[key])
+            colour, marker = styles[key]
+            ax.plot(x, y, label=key, color=colour, marker=marker, markersize=4, alpha=0.8)
+    if "train/disc_acc" in series or "val/disc_acc" in series:
+        ax.axhline(0.5, color=GREY, linestyle="--", linewidth=1, label="chance")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel("discriminator accuracy")
+        ax.legend(loc="upper left")
+    if "val/gap" in series:
+        ax2 = ax.twinx() if len(series) > 1 else ax
+        x, y = zip(*series["val/gap"])
+        ax2.plot(x, y, label="val/gap", color=GREEN, marker="s", markersize=4)
+        ax2.set_ylabel("modality gap (validation)")
+        ax2.set_ylim(bottom=0)
+        ax2.legend(loc="upper right")
+    ax.set_xlabel("step")
+    ax.set_title("modality invariance over training")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -195,6 +224,8 @@ def write_report(
     figures = []
     if log is not None and (name := loss_curves(log, out_dir / "curves.png")):
         figures.append(("Training", name))
+    if log is not None and (name := modality_curves(log, out_dir / "modality.png")):
+        figures.append(("Modality gap and discriminator", name))
     figures.append(("Recall at K", recall_curve(rankings, out_dir / "recall_at_k.png")))
     figures.append(("The common space", projection(embeddings, out_dir / "projection.png")))
     if split is not None and (name := gallery(split, embeddings, out_dir / "gallery.png")):
@@ -212,6 +243,7 @@ def regenerate(run_dir: Path, plugins) -> Path:
 
     import torch
 
+    from xmcore.embeddings import load_embeddings
     from xmcore.errors import XmcoreError
     from xmcore.evaluation import rank_both_directions
     from xmcore.recipe import load_recipe, validate
@@ -220,14 +252,10 @@ def regenerate(run_dir: Path, plugins) -> Path:
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
         raise XmcoreError(f"{run_dir}: missing {', '.join(missing)}; run `xmcore run` or `xmcore evaluate` first")
-    modalities, emb, groups, owner = load_embeddings(run_dir / "embeddings.npz")
+    loaded = load_embeddings(run_dir / "embeddings.npz", what="report")  # this format or an older run's
+    emb, modalities = loaded.embeddings, loaded.split.modalities
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    from xmcore.data import Split
-
-    first, second = modalities
-    stub = Split(modalities, {m: range(len(emb[m])) for m in modalities}, owner,
-                 labels=groups[first], relevance="label", member_labels=groups[second])
-    rankings = rank_both_directions({m: torch.from_numpy(e) for m, e in emb.items()}, stub)
+    rankings = rank_both_directions({m: torch.from_numpy(e) for m, e in emb.items()}, loaded.split)
     split = None
     recipe_path = run_dir / "recipe.yaml"
     if recipe_path.is_file():
@@ -246,13 +274,22 @@ def regenerate(run_dir: Path, plugins) -> Path:
     return write_report(run_dir, title, metrics, rankings, emb, split, run_dir / "logs" / "metrics.csv")
 
 
+COMPARE_COLUMNS = 3
+"""At most this many differing recipe keys become table columns; every differing key is also listed below."""
+
+
 def compare(run_dirs: list[Path], out_dir: Path) -> tuple[str, Path]:
-    """A side-by-side table of runs' metrics with the recipe keys that differ, and a bar chart."""
+    """A side-by-side table of runs' metrics, the recipe keys that differ as a list, and a bar chart.
+
+    When few keys differ (at most :data:`COMPARE_COLUMNS`) they are also columns of the table and the
+    chart's legend; runs of different recipes differ in many keys, and then the runs go by name.
+    """
     import json
 
     import yaml
 
     from xmcore.errors import XmcoreError
+    from xmcore.evaluation import format_metric
 
     runs = []
     for d in run_dirs:
@@ -261,13 +298,22 @@ def compare(run_dirs: list[Path], out_dir: Path) -> tuple[str, Path]:
         recipe = yaml.safe_load((d / "recipe.yaml").read_text()) if (d / "recipe.yaml").is_file() else {}
         runs.append((d, json.loads((d / "metrics.json").read_text()), _flatten(recipe)))
     keys = sorted({k for _, _, r in runs for k in r})
-    differing = [k for k in keys if len({json.dumps(r.get(k), sort_keys=True) for _, _, r in runs}) > 1 and k != "name"]
+    differing = [k for k in keys if len({json.dumps(r.get(k, _UNSET), sort_keys=True) for _, _, r in runs}) > 1
+                 and k != "name"]
+    columns = differing if len(differing) <= COMPARE_COLUMNS else []
     ids = list(dict.fromkeys(k for _, m, _ in runs for k in m))
-    header = ["run", *differing, *ids]
-    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    header = ["run", *columns, *ids]
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|---" * len(header) + "|"]
     for d, m, r in runs:
-        cells = [d.name, *(str(r.get(k, "")) for k in differing), *(f"{m[i]:.4f}" if i in m else "" for i in ids)]
-        lines.append("| " + " | ".join(cells) + " |")
+        cells = [_show(d.name), *(_show(r.get(k, _UNSET)) for k in columns),
+                 *(format_metric(m[i], i) if i in m else "" for i in ids)]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    if differing:
+        lines += ["", f"Recipe keys that differ ({len(differing)}):"]
+        for k in differing:
+            lines.append(f"- {_show(k)}: " + "; ".join(f"{_show(r.get(k, _UNSET))} ({_show(d.name)})" for d, _, r in runs))
+    else:
+        lines += ["", "The runs' recipes are the same (apart from their names)."]
     table = "\n".join(lines) + "\n"
 
     plt = _plt()
@@ -275,7 +321,7 @@ def compare(run_dirs: list[Path], out_dir: Path) -> tuple[str, Path]:
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(shown) * max(1, len(runs)) / 2), 4))
     width = 0.8 / len(runs)
     for n, (d, m, r) in enumerate(runs):
-        label = ", ".join(f"{k}={r.get(k)}" for k in differing) or d.name
+        label = (", ".join(f"{_show(k)}={_show(r.get(k, _UNSET))}" for k in columns) or _show(d.name)).replace("$", r"\$")
         ax.bar(np.arange(len(shown)) + n * width, [m.get(i, 0) for i in shown], width, label=label)
     ax.set_xticks(np.arange(len(shown)) + width * (len(runs) - 1) / 2, shown, rotation=30, ha="right")
     ax.set_ylim(0, 1.05)
@@ -287,6 +333,24 @@ def compare(run_dirs: list[Path], out_dir: Path) -> tuple[str, Path]:
     _save(fig, chart)
     atomic_write_text(out_dir / "comparison.md", "# Runs compared\n\n" + table + "\n![chart](comparison.png)\n")
     return table, chart
+
+
+_UNSET = "(not set)"
+
+
+def _show(value: Any) -> str:
+    """A recipe value on one line: strings as they are, other values as JSON; control characters
+    (a tab separator, a newline) escaped as ``\\t``, ``\\n``, so no table, list or chart shows them raw."""
+    import json
+    import unicodedata
+
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return "".join(ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch).startswith("C") else ch
+                   for ch in text)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:

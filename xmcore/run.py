@@ -19,12 +19,12 @@ import platform
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from xmcore.errors import XmcoreError
+from xmcore.errors import RunError, XmcoreError
 from xmcore.evaluation import NonFiniteEmbeddings, compute_metrics, metrics_table, rank_both_directions
 from xmcore.io import atomic_write_text, write_json, write_yaml
 from xmcore.plugins import Plugins
@@ -44,6 +44,7 @@ class Built:
     fusion: Any
     loss: Any
     metrics: list[Any]
+    extra_losses: list[tuple[str, float, Any]] = field(default_factory=list)  # (name, weight, loss) from loss.extra
 
 
 def build_components(recipe: Recipe, base_dir: Path, run_dir: Path | None = None) -> Built:
@@ -65,9 +66,20 @@ def build_components(recipe: Recipe, base_dir: Path, run_dir: Path | None = None
     fusion = recipe.fusion.component.build(
         recipe.fusion.params, BuildContext(seed=seed, base_dir=base_dir, input_dims=dims, dim=recipe.fusion.dim)
     )
-    loss = recipe.loss.component.build(recipe.loss.params, BuildContext(seed=seed, base_dir=base_dir))
+    loss_ctx = BuildContext(seed=seed, base_dir=base_dir, dim=recipe.fusion.dim, num_classes=class_count(recipe, data))
+    loss = recipe.loss.component.build(recipe.loss.params, loss_ctx)
+    extra_losses = [(e.name, e.weight, e.component.build(e.params, loss_ctx)) for e in recipe.loss.extra]
     metrics = [m.component.build(m.params, BuildContext(seed=seed, base_dir=base_dir)) for m in recipe.eval.metrics]
-    return Built(data, encoders, augment, fusion, loss, metrics)
+    return Built(data, encoders, augment, fusion, loss, metrics, extra_losses)
+
+
+def class_count(recipe: Recipe, data) -> int | None:
+    """The number of classes when the losses' groups are class labels (``loss.groups: label``, or a
+    dataset that judges relevance by class), else ``None``."""
+    splits = data.splits.values()
+    if recipe.loss.groups != "label" and not all(s.relevance == "label" for s in splits):
+        return None
+    return int(max(s.labels.max() for s in splits if s.labels is not None and len(s.labels))) + 1
 
 
 def build_data(recipe: Recipe, base_dir: Path, run_dir: Path | None = None):
@@ -107,6 +119,14 @@ def _check_data(recipe: Recipe, data, source: str) -> None:
             if len(split.items[m]) == 0:
                 raise XmcoreError(f"{source}: split '{split_name}' has no usable {m} items")
     name = recipe.data.name
+    if recipe.loss.groups == "label":
+        unlabelled = [n for n, split in data.splits.items() if split.labels is None]
+        if unlabelled:
+            raise XmcoreError(
+                f"loss.groups: 'label' needs class labels, but {source} has none in split "
+                f"{', '.join(map(repr, unlabelled))}; use a dataset with labels (csv or jsonl with label_column, "
+                "imagefolder, webdataset with .cls files) or set loss.groups=relevance"
+            )
     lacking = [m for m in data.modalities if m not in recipe.encoders]
     if lacking:
         raise XmcoreError(
@@ -219,7 +239,7 @@ def embed_split(module, datamodule, recipe: Recipe, split, checkpoint: str | Non
         index = torch.cat([i for i, _ in batches])
         emb = torch.cat([e for _, e in batches]).float()
         if len(index) != len(split.items[modality]):
-            raise XmcoreError(f"evaluation embedded {len(index)} of {len(split.items[modality])} {modality} items")
+            raise RunError(f"evaluation embedded {len(index)} of {len(split.items[modality])} {modality} items")
         embeddings[modality] = emb[torch.argsort(index)]
     return embeddings
 
@@ -261,6 +281,7 @@ def assemble(recipe: Recipe, base_dir: Path, run_dir: Path | None, precompute_fr
         encoders=built.encoders,
         fusion=built.fusion,
         loss=built.loss,
+        extra_losses=built.extra_losses,
         modalities=modalities,
         optimizer=recipe.optimizer.model_dump(),
         frozen=frozen,
@@ -276,6 +297,7 @@ def assemble(recipe: Recipe, base_dir: Path, run_dir: Path | None, precompute_fr
         num_workers=recipe.data.num_workers,
         seed=recipe.seed,
         caption_sampling=recipe.data.caption_sampling,
+        group_by=recipe.loss.groups,
     )
     return built, module, datamodule
 
@@ -283,14 +305,15 @@ def assemble(recipe: Recipe, base_dir: Path, run_dir: Path | None, precompute_fr
 def evaluate_and_write(module, datamodule, built: Built, recipe: Recipe, out_dir: Path, checkpoint: str | None,
                        title: str, log: Path | None = None) -> dict[str, float]:
     """Embed the evaluation split, rank, compute the metrics; write metrics.json, metrics.md and the report."""
-    from xmcore.report import save_embeddings, write_report
+    from xmcore.embeddings import save_embeddings
+    from xmcore.report import write_report
 
     split = built.data.splits[recipe.eval.split]
     embeddings = embed_split(module, datamodule, recipe, split, checkpoint)
     try:
         rankings = rank_both_directions(embeddings, split)
     except NonFiniteEmbeddings as exc:
-        raise XmcoreError(
+        raise RunError(
             f"evaluation: {exc}: the model diverged (see val/loss in the run's logs/metrics.csv); "
             "lower optimizer.lr or set trainer.gradient_clip_val"
         ) from None
