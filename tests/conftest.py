@@ -40,16 +40,25 @@ def example_plugin_path(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, plugins):
-    """A quickstart run trained for a few steps (in this process): for indexing and serving."""
+    """A quickstart run trained for a few steps (in this process), its report drawn: for evaluating,
+    reporting, indexing and serving.  Read-only: a test that writes into a run uses ``trained_run_copy``."""
     from xmcore.recipe import load_recipe, validate
     from xmcore.run import train_and_evaluate
     from xmcore.testing import tiny_overrides
 
     recipe_path = ROOT / "recipes" / "quickstart.yaml"
-    loaded = load_recipe(recipe_path, tiny_overrides(recipe_path, plugins))
+    loaded = load_recipe(recipe_path, tiny_overrides(recipe_path, plugins) + ["eval.report=true"])
     out = tmp_path_factory.mktemp("trained") / "run"
     train_and_evaluate(validate(loaded, plugins), plugins, loaded.base_dir, out)
     return out
+
+
+@pytest.fixture
+def trained_run_copy(trained_run, tmp_path):
+    """A copy of the session's trained run, for a test that writes into it."""
+    import shutil
+
+    return Path(shutil.copytree(trained_run, tmp_path / "run"))
 
 
 @pytest.fixture(scope="session")
@@ -105,3 +114,47 @@ def write_karpathy(root, images_per_split=(6, 2, 3), broken=False):
     path = root / "dataset_flickr30k.json"
     path.write_text(json.dumps({"images": entries, "dataset": "flickr30k"}))
     return path
+
+
+def write_csv(tmp_path, sep="\t", rows=None):
+    rows = rows or [
+        ("img/a.png", "a red square", "red", "train"),
+        ("img/a.png", "one red box", "red", "train"),
+        ("img/b.png", "a green square", "green", "train"),
+        ("img/c.png", "a blue square", "blue", "test"),
+        ("img/d.png", "a yellow square", "yellow", "val"),
+    ]
+    for path, _, colour, _ in rows:
+        if not (tmp_path / path).exists() and colour in ("red", "green", "blue", "yellow"):
+            write_image(tmp_path / path, colour)
+    lines = [sep.join(["filepath", "title", "colour", "split"])] + [sep.join(r) for r in rows]
+    manifest = tmp_path / "data.tsv"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def write_shards(folder, shards=2, per_shard=4, orphan=False):
+    """webdataset shards as webdataset/img2dataset write them: KEY.jpg + KEY.txt + KEY.cls per sample."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    colours = list(COLOURS)
+    n = 0
+    for s in range(shards):
+        with tarfile.open(folder / f"train-{s:06d}.tar", "w") as tar:
+            for _ in range(per_shard):
+                colour = colours[n % len(colours)]
+                buf = io.BytesIO()
+                Image.new("RGB", (20, 20), COLOURS[colour]).save(buf, format="JPEG")
+                members = {"jpg": buf.getvalue(), "txt": f"a {colour} picture {n}".encode(), "cls": colour.encode()}
+                if orphan and n == 0:
+                    del members["jpg"]
+                for ext, data in members.items():
+                    info = tarfile.TarInfo(f"{n:09d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+                n += 1
+    return folder

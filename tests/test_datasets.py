@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import ROOT, write_image, write_karpathy, write_truncated_jpeg
+from conftest import ROOT, write_csv, write_image, write_karpathy, write_shards, write_truncated_jpeg
 from xmcore.data import clean_split
 from xmcore.errors import XmcoreError
 from xmcore.plugins import load_plugins
@@ -18,23 +18,6 @@ PLUGINS = load_plugins()
 def build(name, base_dir, **params):
     component = PLUGINS["dataset"].get(name)
     return component.build(component.params.model_validate(params), BuildContext(base_dir=base_dir))
-
-
-def write_csv(tmp_path, sep="\t", rows=None):
-    rows = rows or [
-        ("img/a.png", "a red square", "red", "train"),
-        ("img/a.png", "one red box", "red", "train"),
-        ("img/b.png", "a green square", "green", "train"),
-        ("img/c.png", "a blue square", "blue", "test"),
-        ("img/d.png", "a yellow square", "yellow", "val"),
-    ]
-    for path, _, colour, _ in rows:
-        if not (tmp_path / path).exists() and colour in ("red", "green", "blue", "yellow"):
-            write_image(tmp_path / path, colour)
-    lines = [sep.join(["filepath", "title", "colour", "split"])] + [sep.join(r) for r in rows]
-    manifest = tmp_path / "data.tsv"
-    manifest.write_text("\n".join(lines) + "\n")
-    return manifest
 
 
 def test_csv_groups_rows_by_image_and_keeps_labels_and_splits(tmp_path):
@@ -153,7 +136,7 @@ def test_bad_items_are_skipped_with_one_warning_and_a_report(tmp_path):
 def test_strict_mode_stops_before_training(tmp_path):
     recipe, overrides = bad_csv_recipe(tmp_path, strict=True)
     result = run_cli("run", recipe, *overrides, "--out", tmp_path / "run")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "2 bad items and data.strict is true" in result.stderr
     assert "missing.png: missing file" in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -162,37 +145,8 @@ def test_strict_mode_stops_before_training(tmp_path):
 def test_split_with_no_usable_items_is_an_error(tmp_path):
     recipe, overrides = bad_csv_recipe(tmp_path, only_bad_test=True)
     result = run_cli("run", recipe, *overrides, "--out", tmp_path / "run")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "split 'test' has no usable image items" in result.stderr and "data.tsv" in result.stderr
-
-
-def write_shards(folder, shards=2, per_shard=4, orphan=False):
-    """webdataset shards as webdataset/img2dataset write them: KEY.jpg + KEY.txt + KEY.cls per sample."""
-    import io
-    import tarfile
-
-    from PIL import Image
-
-    from conftest import COLOURS
-
-    folder.mkdir(parents=True, exist_ok=True)
-    colours = list(COLOURS)
-    n = 0
-    for s in range(shards):
-        with tarfile.open(folder / f"train-{s:06d}.tar", "w") as tar:
-            for _ in range(per_shard):
-                colour = colours[n % len(colours)]
-                buf = io.BytesIO()
-                Image.new("RGB", (20, 20), COLOURS[colour]).save(buf, format="JPEG")
-                members = {"jpg": buf.getvalue(), "txt": f"a {colour} picture {n}".encode(), "cls": colour.encode()}
-                if orphan and n == 0:
-                    del members["jpg"]
-                for ext, data in members.items():
-                    info = tarfile.TarInfo(f"{n:09d}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-                n += 1
-    return folder
 
 
 def test_webdataset_shards_with_brace_patterns(tmp_path):
@@ -234,4 +188,4 @@ def test_data_inspect_cli(tmp_path):
     assert "e.g. " in out and "a red square 0" in out
     assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = run_cli("data", "inspect", recipe, *overrides, "--grid", grid, "--split", "nope")
-    assert bad.returncode == 1 and "no split 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "no split 'nope'" in bad.stderr and "Traceback" not in bad.stderr

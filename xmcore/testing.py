@@ -167,13 +167,21 @@ def check_fusion(component: Component) -> None:
 
 
 def check_loss(component: Component) -> None:
-    """A scalar; lower for matching pairs than for shuffled ones; gradients flow."""
+    """A scalar; lower for matching pairs than for shuffled ones (after a loss with parameters of its own,
+    a classifier say, fitted them to the matching pairs); gradients flow."""
     import torch
 
     torch.manual_seed(0)
-    loss = build(component)
+    loss = build(component, BuildContext(dim=6, num_classes=8))
     a = torch.nn.functional.normalize(torch.randn(8, 6), dim=-1).requires_grad_()
     groups = torch.arange(8)
+    own = [p for p in loss.parameters() if p.requires_grad]
+    if own:
+        opt = torch.optim.Adam(own, lr=0.1)
+        for _ in range(30):
+            opt.zero_grad()
+            loss(a.detach(), a.detach(), groups).backward()
+            opt.step()
     aligned = loss(a, a, groups)
     shuffled = loss(a, a.roll(1, dims=0), groups)
     assert aligned.ndim == 0 and torch.isfinite(aligned)
@@ -204,9 +212,13 @@ def check_metric(component: Component) -> None:
         assert math.isfinite(float(value)), (key, value)
 
 
-def check_dataset(component: Component) -> None:
-    """Has a train split; every split pairs two modalities with valid owner indices."""
-    data = build(component)
+def check_dataset(component: Component, ctx: BuildContext | None = None, **params: Any) -> None:
+    """Has a train split; every split pairs two modalities with valid owner indices.
+
+    A dataset that reads files (its ``test_params`` are ``None``) is checked on a small fixture:
+    pass its parameters, and ``ctx=BuildContext(base_dir=...)`` for the folder they are relative to.
+    """
+    data = build(component, ctx, **params)
     assert "train" in data.splits
     if component.modalities:
         assert all(s.modalities == tuple(component.modalities) for s in data.splits.values())
@@ -217,9 +229,12 @@ def check_dataset(component: Component) -> None:
         assert 0 <= split.owner.min() and split.owner.max() < len(split.items[first])
 
 
-def check_augmentation(component: Component, modality: str) -> None:
-    """Returns an item of the same kind for each sample item."""
-    augment = build(component, BuildContext(modality=modality))
+def check_augmentation(component: Component, modality: str, ctx: BuildContext | None = None, **params: Any) -> None:
+    """Returns an item of the same kind for each sample item (``ctx`` and ``params`` as for ``check_dataset``)."""
+    import dataclasses
+
+    ctx = dataclasses.replace(ctx, modality=modality) if ctx else BuildContext(modality=modality)
+    augment = build(component, ctx, **params)
     for item in sample_items(modality):
         out = augment(item)
         assert type(out) is type(item) or (modality == "image" and hasattr(out, "size")), type(out)
