@@ -67,9 +67,22 @@ def test_fusion_swapped_by_override(fusion, plugins, tmp_path):
     assert f"name: {fusion}" in resolved
     header = (out / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
     if fusion == "adversarial":  # the discriminator's loss and accuracy are logged
-        assert {"train/disc_loss", "train/disc_acc", "train/grl_lambda"} <= set(header)
+        assert {"train/disc_loss", "train/disc_acc", "train/adv_lambda"} <= set(header)
     else:
         assert "train/disc_loss" not in header
+    # The strategies build different models: the trained weights show which one ran.
+    import torch
+
+    keys = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    fusion_keys = sorted(k.removeprefix("fusion.") for k in keys if k.startswith("fusion."))
+    linear_layers = {k.rsplit(".", 1)[0] for k in fusion_keys if k.endswith(".weight") and keys["fusion." + k].ndim == 2}
+    norms = [k for k in fusion_keys if k.endswith(".weight") and keys["fusion." + k].ndim == 1]
+    discriminator = [k for k in fusion_keys if k.startswith("discriminator.")]
+    if fusion == "linear":  # one projection per modality, nothing else
+        assert fusion_keys == ["proj.image.bias", "proj.image.weight", "proj.text.bias", "proj.text.weight"]
+    else:  # hidden layers with LayerNorm; the adversarial one adds a discriminator
+        assert len([k for k in linear_layers if k.startswith("proj.image")]) >= 2 and norms
+        assert bool(discriminator) == (fusion == "adversarial")
 
 
 def test_default_run_directory_and_resume(plugins, tmp_path):
@@ -81,10 +94,10 @@ def test_default_run_directory_and_resume(plugins, tmp_path):
     assert run_dir.name.startswith("quickstart-")
 
     again = run_cli("run", recipe, *tiny, "--out", run_dir)
-    assert again.returncode == 1 and "already holds a trained run" in again.stderr and "Traceback" not in again.stderr
+    assert again.returncode == 2 and "already holds a trained run" in again.stderr and "Traceback" not in again.stderr
 
     changed = run_cli("run", recipe, *tiny, "fusion.name=linear", "--out", run_dir, "--resume")
-    assert changed.returncode == 1 and "Traceback" not in changed.stderr
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr
     assert "the recipe differs from the run's" in changed.stderr and "fusion" in changed.stderr
 
     resumed = run_cli("run", recipe, *tiny, "trainer.max_epochs=2", "--out", run_dir, "--resume")
@@ -115,7 +128,7 @@ def test_run_time_errors_are_clear(args, message, plugins, tmp_path):
     recipe = [r for r in RECIPES if r.stem == "quickstart"][0]
     out = [] if "--out" in args else ["--out", str(tmp_path / "run")]
     result = run_cli("run", recipe, *tiny_overrides(recipe, plugins), *args, *out)
-    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]  # bad input
     assert message in result.stderr
 
 
@@ -123,7 +136,7 @@ def test_a_failed_run_directory_can_be_reused(plugins, tmp_path):
     recipe = [r for r in RECIPES if r.stem == "quickstart"][0]
     out = tmp_path / "run"
     failed = run_cli("run", recipe, *tiny_overrides(recipe, plugins), "trainer.accelerator=tpu", "--out", out)
-    assert failed.returncode == 1 and (out / "recipe.yaml").is_file()
+    assert failed.returncode == 2 and (out / "recipe.yaml").is_file()
     result = run_cli("run", recipe, *tiny_overrides(recipe, plugins), "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -146,7 +159,7 @@ def test_evaluate_a_trained_run_on_its_split_and_on_other_data(plugins, tmp_path
     assert set(json.loads((written / "metrics.json").read_text())) == {"i2t/mAP", "t2i/mAP"}
 
     missing = run_cli("evaluate", tmp_path)
-    assert missing.returncode == 1 and "no recipe.yaml" in missing.stderr
+    assert missing.returncode == 2 and "no recipe.yaml" in missing.stderr
 
     # reports: written by run and evaluate, drawn again by `xmcore report`, compared by `xmcore compare`
     for d in (run_dir, written):

@@ -159,11 +159,25 @@ def list_entries(root: Path) -> list[dict[str, Any]]:
 
 
 def clear(root: Path, keys: Sequence[str] = ()) -> int:
-    if not root.is_dir():
-        return 0
+    """Remove every entry, or the entries ``keys`` name; a key with no entry is an error and nothing is removed."""
+    import difflib
+
+    from xmcore.errors import XmcoreError
+
+    folders = [f for f in root.iterdir() if f.is_dir()] if root.is_dir() else []
+    known = sorted({f.name.split(".partial-")[0] for f in folders})
+    unknown = [k for k in dict.fromkeys(keys) if k not in known and k not in {f.name for f in folders}]
+    if unknown:
+        def problem(key: str) -> str:
+            if not known:
+                return f"cache clear: no entry '{key}' in {root}: the cache is empty"
+            closest = difflib.get_close_matches(key, known, n=3, cutoff=0)
+            return f"cache clear: no entry '{key}' in {root}; closest keys: {', '.join(closest)} (`xmcore cache ls` lists them all)"
+
+        raise XmcoreError("\n".join(problem(k) for k in unknown))
     removed = 0
-    for folder in root.iterdir():
-        if folder.is_dir() and (not keys or folder.name in keys or folder.name.split(".partial-")[0] in keys):
+    for folder in folders:
+        if not keys or folder.name in keys or folder.name.split(".partial-")[0] in keys:
             shutil.rmtree(folder)
             removed += 1
     return removed

@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                     help="with RUN_DIR: change the data or eval keys, e.g. data.name=csv data.path=other.tsv")
     ev.add_argument("--embeddings", type=Path, metavar="NPZ",
-                    help="image (N x d), text (M x d), text_to_image (M); optional image_labels, text_labels")
+                    help="a run's embeddings.npz, or image (N x d), text (M x d), text_to_image (M); "
+                    "optional image_labels, text_labels")
     ev.add_argument("--out", type=Path, help="directory for metrics.json and metrics.md "
                     "(default with RUN_DIR: RUN_DIR/evaluations/<timestamp>; required with --embeddings)")
     ev.add_argument("--metrics", metavar="YAML", help="metric list as YAML, e.g. '[{name: recall, k: [1, 5]}]' "
@@ -72,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     insp.add_argument("recipe")
     insp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
     insp.add_argument("--grid", type=Path, metavar="PNG", help="also write a picture of sample images with captions")
-    insp.add_argument("--split", default="train", help="the split the grid shows (default: train)")
+    insp.add_argument("--split", help="the split the grid shows (default: train)")
 
     idx = sub.add_parser("index", help="embed a gallery with a trained run and write a search index (FAISS)")
     idx.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a directory written by `xmcore run`")
@@ -113,8 +114,34 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Where each command keeps its ``key=value`` words (overrides, or sweep axes).
+_KEY_VALUE_DEST = {"run": "overrides", "validate": "overrides", "evaluate": "overrides", "data": "overrides",
+                   "sweep": "axes"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; ``key=value`` words may come before, between or after the options.
+
+    argparse fills a ``nargs="*"`` positional from the first run of positionals only, so
+    ``run R --out D k=v`` would leave ``k=v`` unrecognised.  Such leftover words are added,
+    in order, to the command's overrides; anything else left over is still an error.
+    """
+    parser = _parser()
+    args, extras = parser.parse_known_args(argv)
+    dest = _KEY_VALUE_DEST.get(args.command)
+    rest = []
+    for word in extras:
+        if dest and not word.startswith("-") and "=" in word:
+            getattr(args, dest).append(word)
+        else:
+            rest.append(word)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         commands = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "data": cmd_data,
                     "evaluate": cmd_evaluate, "report": cmd_report, "compare": cmd_compare, "cache": cmd_cache,
@@ -342,12 +369,13 @@ def cmd_data(args) -> int:
     _, loaded, recipe = _load(args)
     section = recipe.data
     data = section.component.build(section.params, BuildContext(seed=recipe.seed, base_dir=loaded.base_dir))
+    split = args.split or "train"
+    if (args.grid or args.split) and split not in data.splits:  # checked before anything is printed
+        raise XmcoreError(f"--split: the dataset has no split '{split}'; it has: {', '.join(data.splits)}")
     data, reports = inspect(data)
     print(summarize(data, reports))
     if args.grid:
-        if args.split not in data.splits:
-            raise XmcoreError(f"--split: the dataset has no split '{args.split}'; it has: {', '.join(data.splits)}")
-        print(f"\ngrid: {grid(data, args.grid, args.split)}")
+        print(f"\ngrid: {grid(data, args.grid, split)}")
     return 0
 
 

@@ -1,4 +1,15 @@
-"""Errors a user can act on.  The CLI prints them without a traceback."""
+"""Errors a user can act on.  The CLI prints them without a traceback.
+
+Exit status, one rule for every command:
+
+* **2 -- bad input**: the command cannot start, or cannot go on, because of what it was given: an
+  argument or option, a recipe or override, a path, or a file or folder it reads (missing, unreadable,
+  malformed, in the wrong state).  Fix the input and run again.  :class:`XmcoreError` and its
+  subclasses mean this unless they say otherwise; argparse's own usage errors are 2 as well.
+* **1 -- a failure while running**: valid input, but the work itself failed (training diverged, an
+  internal consistency check did not hold, every cell of a sweep failed): :class:`RunError`.
+  An unexpected exception (a bug) also exits 1, with its traceback.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +18,13 @@ from typing import Iterable
 
 
 class XmcoreError(Exception):
-    """An error caused by input the user controls; its message says what to fix."""
+    """An error caused by input the user controls; its message says what to fix.  Exit status 2."""
+
+    exit_code = 2
+
+
+class RunError(XmcoreError):
+    """The input was valid but the work failed while running (e.g. the model diverged).  Exit status 1."""
 
     exit_code = 1
 

@@ -74,8 +74,22 @@ class FusionSection(ComponentSection):
     dim: int = Field(256, gt=0, description="width of the common embedding space")
 
 
+class ExtraLossSection(ComponentSection):
+    weight: float = Field(1.0, ge=0, description="weight of this objective in the total loss")
+
+
 class LossSection(ComponentSection):
-    pass
+    groups: Literal["relevance", "label"] = Field(
+        "relevance",
+        description="what makes two training pairs one group for the losses: 'relevance' as the evaluation judges it "
+        "(an image and its captions; a class where the dataset judges by class), 'label' the class labels "
+        "(the dataset must have them)",
+    )
+    extra: list[ExtraLossSection] = Field(
+        default_factory=list,
+        description="more objectives added to the retrieval loss, each a registered loss with a weight, "
+        "e.g. [{name: label-ce, weight: 1.0}]",
+    )
 
 
 class AugmentSection(ComponentSection):
@@ -91,6 +105,7 @@ _SECTION_KIND = {
     EncoderSection: "encoder",
     FusionSection: "fusion",
     LossSection: "loss",
+    ExtraLossSection: "loss",
     AugmentSection: "augmentation",
     MetricSection: "metric",
 }
@@ -214,6 +229,7 @@ class Recipe(_Section):
         out += [(f"augment.{m}.{i}", s) for m, lst in self.augment.items() for i, s in enumerate(lst)]
         out += [(f"encoders.{m}", s) for m, s in self.encoders.items()]
         out += [("fusion", self.fusion), ("loss", self.loss)]
+        out += [(f"loss.extra.{i}", s) for i, s in enumerate(self.loss.extra)]
         out += [(f"eval.metrics.{i}", s) for i, s in enumerate(self.eval.metrics)]
         return out
 
@@ -259,6 +275,11 @@ class LoadedRecipe:
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> LoadedRecipe:
     source = str(path)
     p = Path(path)
+    if p.is_dir():
+        inside = sorted(q.name for q in p.iterdir() if q.suffix in (".yaml", ".yml") and q.is_file())
+        hint = f"; it holds {', '.join(inside[:5])}{', ...' if len(inside) > 5 else ''}" if inside else ""
+        raise RecipeError([f"{source}: is a folder, not a recipe file; give a YAML file{hint}"
+                           f" (e.g. {Path(source) / (inside[0] if inside else 'recipe.yaml')})"])
     if not p.is_file():
         raise RecipeError([f"{source}: no such recipe file (expected a YAML file, e.g. recipes/quickstart.yaml)"])
     try:

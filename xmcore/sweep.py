@@ -2,10 +2,12 @@
 
     xmcore sweep recipes/quickstart.yaml fusion.name=linear,nonlinear,adversarial seed=0,1,2
 
-Cells run one after another in this process (frozen-encoder features come from the cache after
-the first).  A failed cell is recorded with its error and the sweep goes on.  The comparison
-groups cells by every swept key except ``seed`` and reports each metric's mean and standard
-deviation over the seeds.
+A key with several values is an axis of the grid; a key with one value (``trainer.max_steps=3``)
+is fixed: it applies to every cell and names no cell or column.  Cells run one after another in
+this process (frozen-encoder features come from the cache after the first).  A failed cell is
+recorded with its error and the sweep goes on.  The comparison groups cells by every axis except
+``seed`` and reports each metric's mean, and its standard deviation over the seeds when a setting
+ran more than once.
 """
 
 from __future__ import annotations
@@ -40,18 +42,23 @@ def split_values(raw: str) -> list[str]:
 
 
 def grid(axes: list[str]) -> tuple[list[str], list[list[str]]]:
-    """Swept keys and, per cell, its overrides (the cartesian product of every axis)."""
+    """The axes (keys given several values) and, per cell, all its overrides in the order given
+    (the cartesian product of the axes; keys given one value are in every cell)."""
     keys, values, problems = [], [], []
     for axis in axes:
         key, sep, raw = axis.partition("=")
         if not sep or not key:
-            problems.append(f"sweep axis '{axis}': expected KEY=V1,V2,...")
+            problems.append(f"sweep axis '{axis}': expected KEY=V1,V2,... (or KEY=VALUE for a key fixed in every cell)")
+            continue
+        if key in keys:
+            problems.append(f"sweep axis '{axis}': {key} is given twice; give all its values once: {key}=V1,V2,...")
             continue
         keys.append(key)
         values.append(split_values(raw))
     if problems:
         raise RecipeError(problems)
-    return keys, [[f"{k}={v}" for k, v in zip(keys, combo)] for combo in itertools.product(*values)]
+    swept = [k for k, v in zip(keys, values) if len(v) > 1]
+    return swept, [[f"{k}={v}" for k, v in zip(keys, combo)] for combo in itertools.product(*values)]
 
 
 def run_sweep(recipe_path: str, axes: list[str], out_dir: Path | None, plugins) -> tuple[Path, list[dict[str, Any]]]:
@@ -59,6 +66,7 @@ def run_sweep(recipe_path: str, axes: list[str], out_dir: Path | None, plugins) 
     from xmcore.run import train_and_evaluate
 
     keys, cells = grid(axes)
+    fixed = {k: v for k, v in (o.split("=", 1) for o in cells[0]) if k not in keys}
     # Every cell is validated before the first one trains: a typo fails the sweep at once.
     recipes = []
     for overrides in cells:
@@ -69,9 +77,11 @@ def run_sweep(recipe_path: str, axes: list[str], out_dir: Path | None, plugins) 
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for n, (overrides, loaded, recipe) in enumerate(recipes, start=1):
-        cell_dir = out_dir / ",".join(o.replace("/", "_") for o in overrides)
-        print(f"[{n}/{len(recipes)}] {' '.join(overrides)}", file=sys.stderr, flush=True)
-        entry: dict[str, Any] = {"cell": dict(o.split("=", 1) for o in overrides), "run_dir": str(cell_dir)}
+        cell = {k: v for k, v in (o.split("=", 1) for o in overrides) if k in keys}
+        cell_dir = out_dir / (",".join(f"{k}={v}".replace("/", "_") for k, v in cell.items()) or "all")
+        print(f"[{n}/{len(recipes)}] {' '.join(f'{k}={v}' for k, v in cell.items()) or ' '.join(overrides)}",
+              file=sys.stderr, flush=True)
+        entry: dict[str, Any] = {"cell": cell, "run_dir": str(cell_dir)}
         try:
             entry["metrics"] = train_and_evaluate(recipe, plugins, loaded.base_dir, cell_dir)
         except Exception as exc:  # noqa: BLE001 -- a failed cell is reported, the sweep goes on
@@ -80,12 +90,14 @@ def run_sweep(recipe_path: str, axes: list[str], out_dir: Path | None, plugins) 
                 atomic_write_text(cell_dir / "error.txt", traceback.format_exc())
             print(f"  failed: {entry['error']}", file=sys.stderr, flush=True)
         results.append(entry)
-        write_json(out_dir / "sweep.json", {"recipe": str(recipe_path), "axes": axes, "cells": results})
-    summarize(out_dir, keys, results)
+        write_json(out_dir / "sweep.json", {"recipe": str(recipe_path), "axes": axes, "fixed": fixed, "cells": results})
+    summarize(out_dir, keys, results, fixed)
     return out_dir, results
 
 
-def summarize(out_dir: Path, keys: list[str], results: list[dict[str, Any]]) -> str:
+def summarize(out_dir: Path, keys: list[str], results: list[dict[str, Any]], fixed: dict[str, str] | None = None) -> str:
+    from xmcore.evaluation import format_metric
+
     by = [k for k in keys if k != "seed"]
     groups: dict[tuple, list[dict[str, float]]] = {}
     failed = []
@@ -106,20 +118,28 @@ def summarize(out_dir: Path, keys: list[str], results: list[dict[str, Any]]) -> 
             values = [m[i] for m in runs if i in m]
             if values:
                 mean = sum(values) / len(values)
-                std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+                std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
                 stats[i] = {"mean": mean, "std": std, "n": len(values)}
         table.append({"setting": dict(zip(by, setting)), "runs": len(runs), "metrics": stats})
-        cells = [*setting, str(len(runs))] + [
-            f"{stats[i]['mean']:.4f} ± {stats[i]['std']:.4f}" if i in stats else "" for i in ids
-        ]
+        cells = [*setting, str(len(runs))] + [_mean_std(stats[i], i, format_metric) if i in stats else "" for i in ids]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     if failed:
         text += "\nFailed cells:\n" + "".join(f"- {r['cell']}: {r['error']}\n" for r in failed)
     write_json(out_dir / "summary.json", table)
-    atomic_write_text(out_dir / "sweep.md", f"# Sweep over {', '.join(keys)}\n\n" + text + "\n![chart](sweep.png)\n")
+    head = f"# Sweep over {', '.join(keys) or 'one setting'}\n\n"
+    if fixed:
+        head += "In every cell: " + ", ".join(f"`{k}={v}`" for k, v in fixed.items()) + "\n\n"
+    atomic_write_text(out_dir / "sweep.md", head + text + "\n![chart](sweep.png)\n")
     _chart(out_dir / "sweep.png", by, table)
     return text
+
+
+def _mean_std(stat: dict[str, Any], metric: str, fmt) -> str:
+    """``mean ± std`` over the runs of a setting; the mean alone when it ran once (no spread to show)."""
+    if stat["std"] is None:
+        return fmt(stat["mean"], metric)
+    return f"{fmt(stat['mean'], metric)} ± {fmt(stat['std'], metric)}"
 
 
 def _chart(path: Path, by: list[str], table: list[dict[str, Any]]) -> None:
@@ -132,7 +152,7 @@ def _chart(path: Path, by: list[str], table: list[dict[str, Any]]) -> None:
     fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(table)), 4))
     labels = [", ".join(f"{v}" for v in t["setting"].values()) or "all" for t in table]
     means = [t["metrics"].get(metric, {}).get("mean", 0) for t in table]
-    stds = [t["metrics"].get(metric, {}).get("std", 0) for t in table]
+    stds = [t["metrics"].get(metric, {}).get("std") or 0 for t in table]
     ax.bar(range(len(table)), means, yerr=stds, capsize=4, color="#1f77b4")
     ax.set_xticks(range(len(table)), labels, rotation=20, ha="right")
     ax.set_ylabel(f"{metric} (mean ± std over seeds)")
