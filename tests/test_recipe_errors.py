@@ -1,19 +1,31 @@
 """Bad recipes and overrides: one clear line per problem, exit status 2, no traceback."""
 
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 
 from conftest import ROOT
-from xmcore.testing import run_cli
+from xmcore.cli import main
 
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
 
 
-def validate(*args, recipe=QUICKSTART):
-    result = run_cli("validate", recipe, *args)
-    assert "Traceback" not in result.stderr + result.stdout
-    return result
+def cli(capfd, *args):
+    """``xmcore ARGS`` in this process (the entry point itself is tested by test_plugins and test_recipes)."""
+    capfd.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
+    return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+
+@pytest.fixture
+def validate(capfd):
+    return lambda *args, recipe=QUICKSTART: cli(capfd, "validate", recipe, *args)
 
 
 @pytest.mark.parametrize(
@@ -41,20 +53,20 @@ def validate(*args, recipe=QUICKSTART):
         (["name=../x"], "name: string should match pattern"),
     ],
 )
-def test_bad_override_is_reported(overrides, expected):
+def test_bad_override_is_reported(overrides, expected, validate):
     result = validate(*overrides)
     assert result.returncode == 2
     assert expected in result.stderr
 
 
-def test_all_problems_reported_at_once():
+def test_all_problems_reported_at_once(validate):
     result = validate("fusoin.name=linear", "data.batch_size=abc", "optimizer.lr=-1")
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if "quickstart.yaml:" in line]
     assert len(lines) == 3
 
 
-def test_bad_files(tmp_path):
+def test_bad_files(tmp_path, validate):
     missing = validate(recipe=tmp_path / "missing.yaml")
     assert missing.returncode == 2 and "missing.yaml: no such recipe file" in missing.stderr
 
@@ -83,14 +95,14 @@ def test_bad_files(tmp_path):
     assert "encoders.text: missing; dataset 'shapes' provides image, text: add encoders.text.name: ..." in result.stderr
 
 
-def test_yaml_is_loaded_safely(tmp_path):
+def test_yaml_is_loaded_safely(tmp_path, validate):
     evil = tmp_path / "evil.yaml"
     evil.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
     result = validate(recipe=evil)
     assert result.returncode == 2 and "not valid YAML" in result.stderr and "pwned" not in result.stdout
 
 
-def test_valid_recipe_and_print(tmp_path):
+def test_valid_recipe_and_print(validate):
     result = validate("fusion.name=adversarial", "--print")
     assert result.returncode == 0, result.stderr
     assert "name: adversarial" in result.stdout and "disc_weight: 1.0" in result.stdout
@@ -99,7 +111,7 @@ def test_valid_recipe_and_print(tmp_path):
     assert "hidden: 64" in result.stdout
 
 
-def test_replacing_a_component_drops_its_params_out_loud(tmp_path):
+def test_replacing_a_component_drops_its_params_out_loud(tmp_path, validate):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(QUICKSTART.read_text().replace("name: nonlinear", "name: nonlinear\n  hidden: 64"))
     result = validate("fusion.name=linear", recipe=recipe)
@@ -114,3 +126,14 @@ def test_replacing_a_component_drops_its_params_out_loud(tmp_path):
     recipe.write_text(QUICKSTART.read_text().replace("name: nonlinear", "name: linear\n  hidden: 64"))
     result = validate(recipe=recipe)
     assert result.returncode == 2 and "fusion.hidden: unknown parameter of fusion 'linear'" in result.stderr
+
+
+def test_a_recipe_is_validated_completely_before_any_data_is_read(tmp_path, capfd):
+    """A typo and absent data: `run` exits 2 naming only the typo; the data was never opened."""
+    absent = tmp_path / "absent"
+    result = cli(capfd, "run", ROOT / "recipes" / "flickr30k.yaml", f"data.annotations={absent / 'dataset_flickr30k.json'}",
+                 f"data.image_root={absent / 'images'}", "trainer.max_epoch=3", "--out", tmp_path / "run")
+    assert result.returncode == 2, result.stderr
+    problems = [line for line in result.stderr.splitlines() if line.strip() and line.strip() != "error:"]
+    assert len(problems) == 1 and "trainer.max_epoch: unknown key; did you mean 'max_epochs'?" in problems[0], problems
+    assert "absent" not in result.stderr and not (tmp_path / "run").exists()
