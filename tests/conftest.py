@@ -15,6 +15,25 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 
 
+def cli(capfd, *args):
+    """``xmcore ARGS`` in this process: exit status, stdout and stderr, as a CompletedProcess would have them.
+
+    For tests where a subprocess is not the point; the entry point itself is run as a real process by
+    test_plugins.py (and by the DDP and server tests)."""
+    from types import SimpleNamespace
+
+    from xmcore.cli import main
+
+    capfd.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
+    return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+
 @pytest.fixture(scope="session")
 def plugins():
     from xmcore.plugins import load_plugins

@@ -1,26 +1,12 @@
 """Bad recipes and overrides: one clear line per problem, exit status 2, no traceback."""
 
 import textwrap
-from types import SimpleNamespace
 
 import pytest
 
-from conftest import ROOT
-from xmcore.cli import main
+from conftest import ROOT, cli
 
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
-
-
-def cli(capfd, *args):
-    """``xmcore ARGS`` in this process (the entry point itself is tested by test_plugins and test_recipes)."""
-    capfd.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exit_:  # argparse's own errors
-        code = exit_.code
-    out, err = capfd.readouterr()
-    assert "Traceback" not in out + err
-    return SimpleNamespace(returncode=code, stdout=out, stderr=err)
 
 
 @pytest.fixture
