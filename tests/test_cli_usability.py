@@ -217,3 +217,81 @@ def test_compare_lists_differing_keys_escapes_control_characters_and_formats_ran
     (one / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     code, out, _ = run(capsys, "compare", trained_run, one, "--out", tmp_path / "cmp1")
     assert code == 0 and out.splitlines()[0].startswith("| run | seed | ") and "- seed: 0 (run); 7 (one)" in out
+
+
+# --------------------------------------------------------------------------- 4: relative paths
+
+
+def write_photos(root, colours, per_split=2):
+    """An imagefolder with split folders: ROOT/<split>/<colour>/<n>.png."""
+    from conftest import write_image
+
+    for split in ("train", "val", "test"):
+        for colour in colours:
+            for n in range(per_split):
+                write_image(root / split / colour / f"{n}.png", colour)
+    return root
+
+
+def recipe_with_photos(folder):
+    """quickstart, reading an imagefolder 'photos' written relative to the recipe's own folder."""
+    recipe = yaml.safe_load(QUICKSTART.read_text())
+    recipe["data"] = {"name": "imagefolder", "root": "photos", "batch_size": 4}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "r.yaml").write_text(yaml.safe_dump(recipe))
+    write_photos(folder / "photos", ["red", "blue"])
+    return folder / "r.yaml"
+
+
+def test_recipe_paths_resolve_against_its_folder_and_typed_paths_against_the_working_directory(
+        capsys, tmp_path, monkeypatch):
+    recipe = recipe_with_photos(tmp_path / "recipes")
+    work = tmp_path / "work"
+    write_photos(work / "other", ["green", "yellow"])
+    monkeypatch.chdir(work)  # the working directory is not the recipe's folder
+
+    # written in the recipe: against the recipe's folder (from any working directory)
+    code, out, err = run(capsys, "data", "inspect", "../recipes/r.yaml")
+    assert code == 0, err
+    assert str(tmp_path / "recipes" / "photos" / "train" / "red") in out
+
+    # typed on the command line: against the working directory
+    code, out, err = run(capsys, "data", "inspect", "../recipes/r.yaml", "data.root=other")
+    assert code == 0, err
+    assert str(work / "other" / "train") in out and str(tmp_path / "recipes") not in out
+    code, out, _ = run(capsys, "validate", recipe, "--print", "data.root=other")
+    assert yaml.safe_load(out)["data"]["root"] == str(work / "other")  # what a run stores: absolute
+    code, _, err = run(capsys, "data", "inspect", recipe, "data.root=photos")  # not the recipe's photos
+    assert code == 2 and f"data.root: no such folder {work / 'photos'}" in err
+
+    # absolute and pkg:// paths are left alone; a name that is no path stays a name
+    code, out, _ = run(capsys, "validate", recipe, "--print", f"data.root={work / 'other'}", "cache.dir=cache",
+                       "encoders.text.name=sentence-transformers", "encoders.text.model=org/some-model")
+    shown = yaml.safe_load(out)
+    assert shown["data"]["root"] == str(work / "other") and shown["cache"]["dir"] == str(work / "cache")
+    assert shown["encoders"]["text"]["model"] == "org/some-model"
+    (work / "org" / "some-model").mkdir(parents=True)  # ... unless that folder exists here
+    code, out, _ = run(capsys, "validate", recipe, "--print", "encoders.text.name=sentence-transformers",
+                       "encoders.text.model=org/some-model", "encoders.image.checkpoint=pkg://xmcore/x.pth")
+    shown = yaml.safe_load(out)
+    assert shown["encoders"]["text"]["model"] == str(work / "org" / "some-model")
+    assert shown["encoders"]["image"]["checkpoint"] == "pkg://xmcore/x.pth"
+
+
+def test_index_and_evaluate_resolve_typed_data_paths_against_the_working_directory(
+        capsys, tmp_path, monkeypatch, trained_run):
+    work = tmp_path / "work"
+    write_photos(work / "photos", ["red", "blue"])
+    monkeypatch.chdir(work)  # trained_run's recipe folder is recipes/, which has no photos
+
+    # the README's own example
+    code, out, err = run(capsys, "index", trained_run, "--out", "idx", "--data", "data.name=imagefolder", "data.root=photos")
+    assert code == 0, err
+    paths = [json.loads(line)["path"] for line in (work / "idx" / "metadata" / "image.jsonl").read_text().splitlines()]
+    assert len(paths) == 12 and all(p.startswith(str(work / "photos")) for p in paths)
+
+    code, out, err = run(capsys, "evaluate", trained_run, "--out", "ev", "data.name=imagefolder", "data.root=photos",
+                         "eval.metrics=[{name: recall, k: [1]}]")
+    assert code == 0, err
+    assert yaml.safe_load((work / "ev" / "recipe.yaml").read_text())["data"]["root"] == str(work / "photos")
+    assert set(json.loads((work / "ev" / "metrics.json").read_text())) >= {"i2t/R@1", "t2i/R@1"}

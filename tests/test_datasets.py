@@ -116,7 +116,7 @@ def bad_csv_recipe(tmp_path, strict=False, only_bad_test=False):
     recipe = tmp_path / "r.yaml"
     recipe.write_text((ROOT / "recipes" / "quickstart.yaml").read_text())
     return recipe, [
-        "data.name=csv", "data.path=data.tsv", "data.split_column=split", f"data.strict={str(strict).lower()}",
+        "data.name=csv", f"data.path={tmp_path / 'data.tsv'}", "data.split_column=split", f"data.strict={str(strict).lower()}",
         "data.batch_size=4", "encoders.image.img_size=32", *TINY_TRAINER,
     ]
 

@@ -13,6 +13,6 @@ __version__ = "0.1.0"
 hookimpl = pluggy.HookimplMarker("xmcore")
 """Marker for plugin hook implementations: ``@xmcore.hookimpl``."""
 
-from xmcore.registry import BuildContext, Params  # noqa: E402
+from xmcore.registry import BuildContext, Params, RecipePath, RecipePathOrName  # noqa: E402
 
-__all__ = ["BuildContext", "Params", "__version__", "hookimpl"]
+__all__ = ["BuildContext", "Params", "RecipePath", "RecipePathOrName", "__version__", "hookimpl"]

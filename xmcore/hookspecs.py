@@ -58,7 +58,9 @@ def xmcore_register_datasets(register: Register) -> None:
     items of two modalities where every item of the second modality (e.g. a
     caption) belongs to one item of the first (its image).  ``ctx.seed`` is the
     recipe's seed and ``ctx.base_dir`` the recipe file's folder, against which
-    relative paths resolve.
+    relative paths resolve: declare path parameters as :data:`xmcore.RecipePath` and read
+    them with ``ctx.path(...)``, so that a path typed on the command line resolves against
+    the working directory instead (see :class:`xmcore.registry.PathParam`).
     """
 
 

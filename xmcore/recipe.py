@@ -24,7 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from xmcore.errors import RecipeError, did_you_mean
-from xmcore.registry import Component, Params
+from xmcore.registry import Component, Params, RecipePath, from_working_dir, path_params
 
 
 class _Section(BaseModel):
@@ -205,7 +205,7 @@ class CacheSection(_Section):
         "(false: the encoders run in every step, as a plain training loop would)",
     )
     enabled: bool = Field(True, description="cache the features of frozen, unaugmented encoders on disk")
-    dir: str | None = Field(None, description="cache folder; default $XMCORE_CACHE_DIR, else ~/.cache/xmcore/features")
+    dir: RecipePath | None = Field(None, description="cache folder; default $XMCORE_CACHE_DIR, else ~/.cache/xmcore/features")
 
 
 class Recipe(_Section):
@@ -270,6 +270,10 @@ class LoadedRecipe:
     base_dir: Path
     replaced_names: set[str] = field(default_factory=set)  # sections whose ``name`` an override changed
     overridden: set[str] = field(default_factory=set)  # dotted keys set on the command line
+
+    def typed(self, dotted: str) -> bool:
+        """Whether the value at ``dotted`` came from the command line (the key, or a section above it)."""
+        return any(dotted == k or dotted.startswith(k + ".") for k in self.overridden)
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> LoadedRecipe:
@@ -375,6 +379,8 @@ def validate(loaded: LoadedRecipe, plugins) -> Recipe:
 
     for path, section in recipe.component_sections():
         problems += validate_component(section, path, plugins, loaded)
+    if recipe.cache.dir and loaded.typed("cache.dir"):  # the core's own path key follows the same rule
+        recipe.cache.dir = from_working_dir(recipe.cache.dir)
     if not recipe.encoders:
         problems.append("encoders: expected one encoder per modality, e.g. encoders.image.name: timm")
     elif recipe.data._component is not None and recipe.data.component.modalities:
@@ -415,6 +421,8 @@ def validate_component(section: ComponentSection, path: str, plugins, loaded: Lo
     try:
         section._params = component.params.model_validate(extra)
         section._component = component
+        if loaded is not None:
+            section._params = _typed_paths_from_working_dir(section._params, path, loaded)
     except ValidationError as exc:
         problems = []
         for e in exc.errors():
@@ -429,6 +437,25 @@ def validate_component(section: ComponentSection, path: str, plugins, loaded: Lo
                 problems.append(_pydantic_problem(e, prefix=path))
         return problems
     return []
+
+
+def _typed_paths_from_working_dir(params: Params, path: str, loaded: LoadedRecipe) -> Params:
+    """Relative paths typed on the command line, made absolute against the working directory.
+
+    Only parameters the component declares as paths (:data:`xmcore.RecipePath`) change; paths written
+    in the recipe file stay as written and resolve against its folder when the component is built.
+    """
+    update: dict[str, Any] = {}
+    for key, marker in path_params(type(params)).items():
+        value, dotted = getattr(params, key), f"{path}.{key}"
+        if isinstance(value, str) and loaded.typed(dotted):
+            update[key] = from_working_dir(value, marker)
+        elif isinstance(value, (list, tuple)):
+            new = [from_working_dir(v, marker) if isinstance(v, str) and loaded.typed(f"{dotted}.{i}") else v
+                   for i, v in enumerate(value)]
+            if new != list(value):
+                update[key] = type(value)(new)
+    return params.model_copy(update=update) if update else params
 
 
 def _pydantic_problem(error: dict[str, Any], prefix: str = "") -> str:

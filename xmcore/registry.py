@@ -12,7 +12,7 @@ import importlib.util
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Annotated, Any, Callable, Iterator, Mapping, Sequence, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict
 
@@ -37,6 +37,63 @@ class NoParams(Params):
     """For components without parameters."""
 
 
+class PathParam:
+    """Marks a parameter whose value is a path: declare it ``RecipePath`` (or ``RecipePath | None``,
+    ``list[RecipePath]``) and read it with :meth:`BuildContext.path`.
+
+    The rule for a relative path: written in a recipe file, it resolves against the recipe's folder;
+    typed on the command line (``data.root=photos``, ``--data ...``, a sweep axis), against the working
+    directory -- validation makes such a value absolute, so the resolved recipe a run stores holds it
+    as the user meant it.  ``pkg://`` paths and absolute paths are never changed.  ``or_name``: the value
+    may also be a name (a hub model id); it is made absolute only when that path exists.
+    """
+
+    def __init__(self, or_name: bool = False):
+        self.or_name = or_name
+
+    def __repr__(self) -> str:
+        return "path or name" if self.or_name else "path"
+
+
+RecipePath = Annotated[str, PathParam()]
+"""A parameter that is a path (see :class:`PathParam`)."""
+
+RecipePathOrName = Annotated[str, PathParam(or_name=True)]
+"""A parameter that is a local path or a name, e.g. a model folder or a hub model id."""
+
+
+def path_params(params: type[BaseModel]) -> dict[str, PathParam]:
+    """The parameters a declaration marks as paths, with their markers."""
+    out = {}
+    for name, info in params.model_fields.items():
+        marker = next((m for m in info.metadata if isinstance(m, PathParam)), None) or _path_marker(info.annotation)
+        if marker is not None:
+            out[name] = marker
+    return out
+
+
+def _path_marker(annotation: Any) -> PathParam | None:
+    if get_origin(annotation) is Annotated:
+        found = next((m for m in annotation.__metadata__ if isinstance(m, PathParam)), None)
+        if found is not None:
+            return found
+    for arg in get_args(annotation):
+        found = _path_marker(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def from_working_dir(value: str, marker: PathParam | None = None) -> str:
+    """A path typed on the command line, made absolute against the working directory (see :class:`PathParam`)."""
+    if not value or value.startswith("pkg://") or Path(value).expanduser().is_absolute():
+        return value
+    absolute = Path.cwd() / value
+    if marker is not None and marker.or_name and not absolute.exists():
+        return value  # a name, not a path
+    return str(absolute)
+
+
 @dataclass
 class BuildContext:
     """What the core knows when it builds a component.  Fields a kind does not use are ``None``."""
@@ -47,6 +104,7 @@ class BuildContext:
     input_dims: Mapping[str, int] | None = None
     dim: int | None = None
     train_items: Callable[[], Sequence[Any]] | None = None
+    num_classes: int | None = None  # losses: the class count when their groups are class labels
 
     def path(self, value: str | Path) -> Path:
         """A path from a recipe: ``pkg://package/inner/path`` names a file shipped inside an installed
@@ -84,7 +142,7 @@ class Component:
             rows.append(
                 {
                     "name": pname,
-                    "type": _type_name(info.annotation),
+                    "type": _type_name(info.annotation, info.metadata),
                     "default": None if info.is_required() else info.get_default(call_default_factory=True),
                     "required": info.is_required(),
                     "help": info.description or "",
@@ -93,10 +151,16 @@ class Component:
         return rows
 
 
-def _type_name(annotation: Any) -> str:
+def _type_name(annotation: Any, metadata: Sequence[Any] = ()) -> str:
+    marker = next((m for m in metadata if isinstance(m, PathParam)), None)
+    if marker is not None:
+        return repr(marker)
     if isinstance(annotation, type):
         return annotation.__name__
-    return str(annotation).replace("typing.", "")
+    text = str(annotation).replace("typing.", "")
+    for marker in (PathParam(), PathParam(or_name=True)):
+        text = text.replace(f"Annotated[str, {marker!r}]", repr(marker))
+    return text
 
 
 class Registry:

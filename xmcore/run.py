@@ -272,7 +272,8 @@ def assemble(recipe: Recipe, base_dir: Path, run_dir: Path | None, precompute_fr
         with torch.random.fork_rng(devices=[]):
             training_data = precompute(
                 built.data, built.encoders, precomputed, recipe.eval.batch_size, recipe.data.num_workers,
-                cache_root=cache_dir(recipe.cache.dir) if recipe.cache.enabled else None,
+                cache_root=cache_dir(recipe.cache.dir and str(BuildContext(base_dir=base_dir).path(recipe.cache.dir)))
+                if recipe.cache.enabled else None,
                 identities=identities,
                 report=lambda line: print(f"  {line}", file=sys.stderr, flush=True),
             )

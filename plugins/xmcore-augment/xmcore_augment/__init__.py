@@ -51,7 +51,7 @@ class WordOpParams(Prob):
 
 
 class SynonymParams(WordOpParams):
-    synonyms: str = Field(
+    synonyms: xmcore.RecipePath = Field(
         description="synonyms file, relative to the recipe: one group per line, 'word syn1 syn2 ...' (or a .json mapping)"
     )
 

@@ -45,7 +45,7 @@ RATIOS_HELP = "train/val/test shares for a seeded split when the data has no spl
 
 
 class ManifestParams(xmcore.Params):
-    path: str = Field(description="the manifest file; relative to the recipe; image paths in it are relative to it")
+    path: xmcore.RecipePath = Field(description="the manifest file; relative to the recipe; image paths in it are relative to it")
     image_column: str = Field("filepath", description="column with the image path (open_clip's default)")
     caption_column: str = Field("title", description="column with the caption (open_clip's default)")
     label_column: str | None = Field(None, description="optional column with a class label")
@@ -59,13 +59,13 @@ class CSVParams(ManifestParams):
 
 
 class KarpathyParams(xmcore.Params):
-    annotations: str = Field(description="dataset_flickr30k.json / dataset_coco.json / dataset_flickr8k.json")
-    image_root: str = Field(description="folder the images' [filepath/]filename resolve against")
+    annotations: xmcore.RecipePath = Field(description="dataset_flickr30k.json / dataset_coco.json / dataset_flickr8k.json")
+    image_root: xmcore.RecipePath = Field(description="folder the images' [filepath/]filename resolve against")
     restval_to_train: bool = Field(True, description="train on the 'restval' images too (the usual COCO practice)")
 
 
 class ImageFolderParams(xmcore.Params):
-    root: str = Field(description="ROOT/<class>/<image>, or ROOT/<split>/<class>/<image> with train/val/test")
+    root: xmcore.RecipePath = Field(description="ROOT/<class>/<image>, or ROOT/<split>/<class>/<image> with train/val/test")
     templates: list[str] = Field(["a photo of a {label}"], min_length=1, description="caption templates; {label} is the class")
     split_ratios: Ratios = Field((0.8, 0.1, 0.1), description=RATIOS_HELP)
     seed: int = Field(0, description="seed of the split when the folders have none")
@@ -80,10 +80,10 @@ class ImageFolderParams(xmcore.Params):
 
 
 class WebDatasetParams(xmcore.Params):
-    shards: str | None = Field(None, description="brace pattern of all shards, split by split_ratios (or give train/val/test)")
-    train: str | None = Field(None, description="brace pattern of the training shards, e.g. train-{000..009}.tar")
-    val: str | None = Field(None, description="brace pattern of the validation shards")
-    test: str | None = Field(None, description="brace pattern of the test shards")
+    shards: xmcore.RecipePath | None = Field(None, description="brace pattern of all shards, split by split_ratios (or give train/val/test)")
+    train: xmcore.RecipePath | None = Field(None, description="brace pattern of the training shards, e.g. train-{000..009}.tar")
+    val: xmcore.RecipePath | None = Field(None, description="brace pattern of the validation shards")
+    test: xmcore.RecipePath | None = Field(None, description="brace pattern of the test shards")
     split_ratios: Ratios = Field((0.8, 0.1, 0.1), description="train/val/test shares when only 'shards' is given")
     seed: int = Field(0, description="seed of the split when only 'shards' is given")
 

@@ -20,13 +20,13 @@ class LSTMParams(xmcore.Params):
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on word embeddings")
     min_freq: int = Field(1, gt=0, description="words seen fewer times in training captions map to <unk>")
     max_length: int = Field(64, gt=0, description="captions are cut to this many words")
-    word_vectors: str | None = Field(
+    word_vectors: xmcore.RecipePath | None = Field(
         None, description="GloVe-format text file (word v1 v2 ...) to initialise word embeddings; relative to the recipe"
     )
 
 
 class SentenceTransformerParams(xmcore.Params):
-    model: str = Field(
+    model: xmcore.RecipePathOrName = Field(
         "sentence-transformers/all-MiniLM-L6-v2",
         description="a local model folder (relative to the recipe, or pkg://package/path), or a hub name "
         "(from the local hub cache when offline)",

@@ -12,7 +12,7 @@ import xmcore
 class TimmParams(xmcore.Params):
     model_name: str = Field("resnet18", description="timm model name (timm.list_models() lists them)")
     pretrained: bool = Field(False, description="load timm's pretrained weights from the Hugging Face hub (needs network)")
-    checkpoint: str | None = Field(
+    checkpoint: xmcore.RecipePath | None = Field(
         None,
         description="local weights file (.pth/.pt/.bin/.safetensors) loaded strictly; relative to the recipe, or pkg://package/path",
     )
