@@ -1,11 +1,14 @@
 """The frozen-feature cache: hits for the same encoder and data, exact invalidation, no half-used entries."""
 
+import os
+
 import torch
 
+from conftest import cli, write_image
 from xmcore.cache import cached_features, list_entries
 from xmcore.plugins import load_plugins
 from xmcore.registry import BuildContext
-from xmcore.testing import build, run_cli
+from xmcore.testing import build
 
 PLUGINS = load_plugins()
 
@@ -27,12 +30,21 @@ def features(root, enc, items, identity=None):
     return cached_features(root, identity, enc, items, lambda: encode_items(enc, items, batch_size=4))
 
 
+def count_calls(enc):
+    """The items the encoder is run on, counted by a forward hook on the real module."""
+    seen = []
+    enc.register_forward_hook(lambda module, args, output: seen.append(len(output)))
+    return seen
+
+
 def test_second_use_reads_the_cache_and_changes_make_new_keys(tmp_path):
     enc, items = encoder(), images()
+    calls = count_calls(enc)
     first, hit = features(tmp_path, enc, items)
-    assert not hit and first.shape == (6, enc.output_dim)
+    assert not hit and first.shape == (6, enc.output_dim) and sum(calls) == 6
     again, hit = features(tmp_path, enc, items)
     assert hit and torch.equal(first, again)
+    assert sum(calls) == 6  # read, not encoded again
 
     assert not features(tmp_path, enc, images(seed=3))[1]  # other data
     assert not features(tmp_path, enc, items, {"encoder": "timm", "params": {"crop_pct": 0.5}})[1]  # other params
@@ -57,11 +69,36 @@ def test_corrupted_or_partial_entries_are_rebuilt(tmp_path):
     assert features(tmp_path, enc, items)[1]
 
 
-def test_cache_cli(tmp_path):
+def test_a_changed_file_invalidates_its_entry(tmp_path):
+    """Items read from disk are keyed by path, size and mtime: a file changed in place is encoded again."""
+    from xmcore.data import ImageFile
+
+    enc = encoder()
+    calls = count_calls(enc)
+    paths = [write_image(tmp_path / "img" / f"{i}.png", colour) for i, colour in enumerate(("red", "green", "blue"))]
+    items = [ImageFile(p) for p in paths]
+    cache = tmp_path / "cache"
+    first, hit = features(cache, enc, items)
+    assert not hit and features(cache, enc, items)[1] and sum(calls) == 3  # unchanged files: read back
+
+    stat = paths[1].stat()  # the same bytes, touched
+    os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    touched, hit = features(cache, enc, items)
+    assert not hit and sum(calls) == 6 and torch.equal(touched, first)
+
+    write_image(paths[2], "yellow", size=40)  # another picture, another size
+    changed, hit = features(cache, enc, items)
+    assert not hit and sum(calls) == 9
+    assert torch.equal(changed[:2], first[:2]) and not torch.allclose(changed[2], first[2])
+    assert features(cache, enc, items)[1] and sum(calls) == 9
+    assert len(list_entries(cache)) == 3
+
+
+def test_cache_cli(tmp_path, capfd):
     enc, items = encoder(), images()
     features(tmp_path, enc, items)
-    listing = run_cli("cache", "ls", "--dir", tmp_path)
+    listing = cli(capfd, "cache", "ls", "--dir", tmp_path)
     assert listing.returncode == 0 and "1 entries" in listing.stdout and "timm" in listing.stdout
-    cleared = run_cli("cache", "clear", "--dir", tmp_path)
+    cleared = cli(capfd, "cache", "clear", "--dir", tmp_path)
     assert cleared.returncode == 0 and "removed 1 entries" in cleared.stdout
     assert list_entries(tmp_path) == []
