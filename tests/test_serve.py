@@ -112,6 +112,64 @@ def test_bad_uploads_get_a_4xx_and_the_server_stays_up(client):
     assert client.get("/health").status_code == 200
 
 
+def test_post_search_takes_k_and_target_from_the_form_or_the_query_string(client, gallery_index):
+    picture = png_bytes(gallery_index / "media" / "image-5.png")
+    in_query = client.post("/search?k=2&target=text", files={"image": ("q.png", picture, "image/png")}).json()
+    assert len(in_query["results"]) == 2 and in_query["query"] == {"modality": "image", "k": 2, "target": "text"}
+    assert all(r["id"].startswith("text-") for r in in_query["results"])
+    in_form = client.post("/search", files={"image": ("q.png", picture, "image/png")}, data={"k": "3", "target": "image"}).json()
+    assert len(in_form["results"]) == 3 and in_form["query"]["target"] == "image" and in_form["results"][0]["id"] == "image-5"
+    both = client.post("/search?k=4", files={"image": ("q.png", picture, "image/png")}, data={"k": "4"})
+    assert both.status_code == 200 and len(both.json()["results"]) == 4
+    clash = client.post("/search?k=2", files={"image": ("q.png", picture, "image/png")}, data={"k": "5"})
+    assert clash.status_code == 422 and "k: given twice" in clash.json()["detail"]
+    too_many = client.post("/search?k=500", files={"image": ("q.png", picture, "image/png")})
+    assert too_many.status_code == 422 and "k: expected a whole number from 1 to 100" in too_many.json()["detail"]
+
+
+@pytest.mark.parametrize("method,url,kwargs", [
+    ("get", "/search", {"params": {"text": "x", "k": 0}}),
+    ("get", "/search", {"params": {"text": "x", "k": "many"}}),
+    ("get", "/search", {"params": {"text": "x" * 1001}}),
+    ("get", "/search", {"params": {"text": "x", "target": "y" * 41}}),
+    ("get", "/search", {"params": {"text": "x", "target": "audio"}}),
+    ("get", "/search", {"params": {}}),
+    ("post", "/search", {}),
+    ("post", "/search?k=zzzzzzzzzzzz", {"files": {"image": ("q.png", b"x", "image/png")}}),
+])
+def test_every_error_is_one_line_of_text_that_does_not_echo_the_input(client, method, url, kwargs):
+    response = getattr(client, method)(url, **kwargs)
+    assert response.status_code == 422
+    body = response.json()
+    assert set(body) == {"detail"} and isinstance(body["detail"], str) and "\n" not in body["detail"], body
+    assert len(response.content) < 300 and "xxxxxxxxxx" not in response.text and "zzzzzzzz" not in response.text
+    assert "yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy" not in response.text
+
+
+def test_a_query_the_model_cannot_read_comes_with_a_warning(client):
+    unreadable = client.get("/search", params={"text": "\U0001f600" * 1000, "k": 3}).json()
+    assert len(unreadable["results"]) == 3 and unreadable["warnings"]
+    assert "no words the text model can read" in unreadable["warnings"][0]
+    mostly_unknown = client.get("/search", params={"text": "a zorblax quuxified flibbertigibbet"}).json()
+    assert "3 of the query's 4 words are unknown" in mostly_unknown["warnings"][0]
+    assert client.get("/search", params={"text": "a red circle left of a blue square"}).json()["warnings"] == []
+
+
+def test_serve_on_a_taken_port_says_so_and_serves_nothing(gallery_index, capfd):
+    import socket
+
+    from xmcore.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["serve", str(gallery_index), "--port", str(port)])
+    out, err = capfd.readouterr()
+    assert code == 2 and "serving" not in out
+    assert err.strip() == f"error: --port {port}: 127.0.0.1:{port} is already in use (another server?); choose another --port"
+
+
 
 @pytest.fixture(scope="module")
 def server(gallery_index):

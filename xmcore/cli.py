@@ -270,10 +270,13 @@ def cmd_search(args) -> int:
     if args.text is not None:
         if not args.text.strip():
             raise XmcoreError("--text: the query is empty")
-        results = index.search("text", args.text, args.k, args.target)
+        modality, query = "text", args.text
     else:
-        results = index.search("image", _open_image(args.image), args.k, args.target)
+        modality, query = "image", _open_image(args.image)
+    results = index.search(modality, query, args.k, args.target)
     print(json.dumps(results, indent=2, ensure_ascii=False) if args.json else results_table(results), end="")
+    for note in index.query_warnings(modality, query):  # on stderr: the JSON on stdout stays a list of results
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 

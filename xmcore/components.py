@@ -46,6 +46,11 @@ class Encoder(nn.Module):
         it from fetching weights the state dict replaces anyway.  Default: nothing to write."""
         return {}
 
+    def query_warnings(self, item: Any) -> list[str]:
+        """Notes for a user about one raw query item, said beside its search results: for example that
+        most of a text's words are unknown to the model, so the results mean little.  Default: none."""
+        return []
+
 
 class Fusion(nn.Module):
     """Maps each modality's encoder features into the common space."""

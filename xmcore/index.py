@@ -598,6 +598,12 @@ class SearchIndex:
             if row >= 0
         ]
 
+    def query_warnings(self, query_modality: str, query: Any) -> list[str]:
+        """What the query's encoder says about this query (e.g. most words unknown to it); ``[]`` when nothing."""
+        encoder = self.model.encoders[query_modality] if query_modality in self.model.encoders else None
+        notes = getattr(encoder, "query_warnings", None)  # optional: an encoder need not subclass xmcore's Encoder
+        return [str(n) for n in notes(query)] if notes else []
+
     def describe(self) -> dict[str, Any]:
         return {m: {"count": e["count"], "index": e["index"]["type"]} for m, e in self.manifest["modalities"].items()}
 

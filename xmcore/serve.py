@@ -3,13 +3,15 @@
     GET  /                      the search page (a search box, an image upload, a results grid)
     GET  /health                status, item counts, index types
     GET  /search?text=...&k=10[&target=image|text]
-    POST /search                multipart form: image=<file>, k, target
+    POST /search[?k=10&target=...] multipart form: image=<file> (k and target in the form or the query string)
     GET  /items/{id}            an item's metadata
     GET  /items/{id}/media      an item's image: only files that the index lists, looked up by id
 
 Bounded input: a query of at most ``MAX_QUERY_CHARS`` characters, k of 1 to ``MAX_K``, uploads of
-at most ``MAX_UPLOAD_BYTES``; anything else is a 4xx with a message saying what was expected.  The
-server binds 127.0.0.1 unless told otherwise.
+at most ``MAX_UPLOAD_BYTES``; anything else is a 4xx whose body is always ``{"detail": "<one line>"}``,
+saying what was expected without echoing the input back.  A search answers ``{"query", "results",
+"warnings"}``; ``warnings`` holds the query encoder's notes (e.g. most words unknown to an LSTM).  The
+server binds 127.0.0.1 unless told otherwise, and checks that the port is free before it says it serves.
 """
 
 
@@ -78,7 +80,8 @@ class BodyLimit:
 def create_app(index):
     """The FastAPI application over an opened :class:`xmcore.index.SearchIndex`."""
     from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
-    from fastapi.responses import FileResponse, HTMLResponse
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
     from PIL import Image
     from starlette.concurrency import run_in_threadpool
 
@@ -86,6 +89,19 @@ def create_app(index):
     app.add_middleware(BodyLimit, limit=MAX_UPLOAD_BYTES + 64 * 1024)  # the image plus the form's other fields
     lock = threading.Lock()  # one query through the model at a time
     modalities = index.modalities
+    expected = {"text": f"expected 1 to {MAX_QUERY_CHARS} characters", "k": f"expected a whole number from 1 to {MAX_K}",
+                "target": f"expected one of {', '.join(modalities)}",
+                "image": "expected an image file in the multipart form field 'image'"}
+
+    @app.exception_handler(RequestValidationError)
+    async def one_line(request, exc: RequestValidationError):
+        """FastAPI's list of errors (which echoes the input) as the one shape every error has: a line of text."""
+        problems = []
+        for error in exc.errors():
+            name = str(error.get("loc", ("",))[-1])
+            why = "required" if error.get("type") == "missing" else str(error.get("msg", "invalid"))
+            problems.append(f"{name}: {expected.get(name, 'invalid')} ({why})")
+        return JSONResponse({"detail": "; ".join(dict.fromkeys(problems))}, status_code=422)
 
     def check_target(target: str | None) -> str | None:
         if target is not None and target not in modalities:
@@ -107,10 +123,11 @@ def create_app(index):
         try:
             with lock:
                 results = index.search(query_modality, query, k, target)
+                notes = index.query_warnings(query_modality, query)
         except XmcoreError as exc:
             raise HTTPException(422, str(exc)) from None
         return {"query": {"modality": query_modality, "k": k, "target": target or index.default_target(query_modality)},
-                "results": present(results)}
+                "results": present(results), "warnings": notes}
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -133,9 +150,13 @@ def create_app(index):
     @app.post("/search")
     async def search_image(
         image: UploadFile = File(..., description="an image file (PNG, JPEG, ...)"),
-        k: int = Form(10, ge=1, le=MAX_K),
-        target: str | None = Form(None, max_length=40),
+        k: int | None = Form(None, ge=1, le=MAX_K, description="in the form, or in the query string"),
+        target: str | None = Form(None, max_length=40, description="in the form, or in the query string"),
+        k_in_query: int | None = Query(None, alias="k", ge=1, le=MAX_K),
+        target_in_query: str | None = Query(None, alias="target", max_length=40),
     ) -> dict[str, Any]:
+        k = either("k", k, k_in_query, 10)
+        target = either("target", target, target_in_query, None)
         data = await image.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:
             raise HTTPException(413, f"image: larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB")
@@ -143,6 +164,11 @@ def create_app(index):
             raise HTTPException(422, "image: the upload is empty")
         picture = await run_in_threadpool(decode, data)
         return await run_in_threadpool(run, "image", picture, k, check_target(target))
+
+    def either(name: str, in_form, in_query, default):
+        if in_form is not None and in_query is not None and in_form != in_query:
+            raise HTTPException(422, f"{name}: given twice with different values (form and query string); give it once")
+        return in_form if in_form is not None else in_query if in_query is not None else default
 
     def decode(data: bytes):
         try:
@@ -173,15 +199,49 @@ def create_app(index):
     return app
 
 
+class AddressError(XmcoreError):
+    """The address to serve at cannot be used (the port is taken, the host is not this machine's)."""
+
+    exit_code = 2
+
+
+def bind(host: str, port: int):
+    """A TCP socket bound to ``host:port``, or an :class:`AddressError` saying why not."""
+    import errno
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise AddressError(f"--host {host}: not an address this machine can serve at ({exc}); e.g. 127.0.0.1 or 0.0.0.0") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart need not wait out TIME_WAIT
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise AddressError(f"--port {port}: {host}:{port} is already in use (another server?); choose another --port") from None
+        if exc.errno == errno.EACCES:
+            raise AddressError(f"--port {port}: not allowed to listen on {host}:{port} (ports below 1024 need privileges); "
+                               "choose a port from 1024 up") from None
+        raise AddressError(f"--host {host}: cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+    return sock
+
+
 def serve(index_dir: Path, plugins, host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
 
     from xmcore.index import SearchIndex
 
-    index = SearchIndex(index_dir, plugins)
-    app = create_app(index)
-    print(f"serving {index_dir} at http://{host}:{port}/  (Ctrl-C stops)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    sock = bind(host, port)  # before anything else: a taken port is said at once, and nothing claims to serve
+    try:
+        index = SearchIndex(index_dir, plugins)
+        app = create_app(index)
+        print(f"serving {index_dir} at http://{host}:{port}/  (Ctrl-C stops)", flush=True)
+        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 PAGE = """<!doctype html>
@@ -240,7 +300,8 @@ function show(data) {
     card.appendChild(id);
     results.appendChild(card);
   }
-  status.textContent = data.results.length + " results in " + data.query.target;
+  status.textContent = data.results.length + " results in " + data.query.target
+    + (data.warnings && data.warnings.length ? "  \u2014  note: " + data.warnings.join("; ") : "");
 }
 async function answer(response) {
   const data = await response.json();

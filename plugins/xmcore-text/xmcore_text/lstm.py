@@ -121,6 +121,24 @@ class LSTMEncoder(Encoder):
         """Vocabulary and word vectors travel in the state dict: no GloVe file is read on a rebuild."""
         return {"word_vectors": None}
 
+    def query_warnings(self, text: str) -> list[str]:
+        """Say when the model cannot read most of a query: its words are only those of the training captions."""
+        words = tokenize(str(text))
+        known = len(self.vocab) - 2  # <pad>, <unk>
+        if not words:
+            return [f"the query has no words the text model can read (it reads only the {known} words of its "
+                    "training captions); these results mean nothing"]
+        unknown = [w for w in words if w not in self.vocab.index]
+        notes = []
+        if len(unknown) * 2 > len(words):
+            shown = ", ".join(dict.fromkeys(unknown[:5]))
+            notes.append(f"{len(unknown)} of the query's {len(words)} words are unknown to the text model ({shown}); "
+                         f"it knows only the {known} words of its training captions, so these results mean little")
+        limit = self.preprocessor.max_length
+        if len(words) > limit:
+            notes.append(f"the text model reads only the first {limit} words of a query; the other {len(words) - limit} were ignored")
+        return notes
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         tokens, lengths = batch["tokens"], batch["lengths"]
         x = self.dropout(self.embedding(tokens))
