@@ -7,8 +7,8 @@ import torch
 
 from xmcore.plugins import load_plugins
 from xmcore.registry import BuildContext
-from xmcore.testing import build, run_cli, sample_items, tiny_overrides
-from conftest import ROOT
+from xmcore.testing import build, sample_items, tiny_overrides
+from conftest import ROOT, cli
 
 PLUGINS = load_plugins()
 IMAGE_AUGS = [c.name for c in PLUGINS["augmentation"] if c.accepts("image") and c.modalities]
@@ -62,31 +62,60 @@ def test_synonym_replacement_from_a_file(tmp_path):
               synonyms="missing.txt")
 
 
-def test_augmentations_apply_to_training_pairs_only():
-    from xmcore.data import ItemDataset, PairDataset
-
-    data = build(PLUGINS["dataset"].get("shapes"))
-    split = data.splits["train"]
-    drop_all = lambda text: "DROPPED"  # noqa: E731
-    identity = {"image": lambda x: x, "text": lambda x: x}
-    train = PairDataset(split, identity, {"text": [drop_all]})
-    assert train[0]["text"] == "DROPPED"
-    assert ItemDataset(split.items["text"], identity["text"])[0]["item"] == split.items["text"][0]
+def same(a, b):
+    """Two preprocessed items (tensors, or a tokenizer's dict of tensors) are equal."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    return a.shape == b.shape and torch.equal(a, b)
 
 
-def test_recipe_with_augmentations_runs(plugins, tmp_path):
+def test_augmentations_apply_to_training_items_only(plugins):
+    """Through the data module `xmcore run` builds: training pairs are augmented; validation pairs and the
+    items evaluation and indexing embed get the encoder's own preprocessing, nothing else."""
+    from xmcore.data import materialize
+    from xmcore.recipe import load_recipe, validate
+    from xmcore.run import assemble
+
+    recipe_path = ROOT / "recipes" / "quickstart.yaml"
+    loaded = load_recipe(recipe_path, tiny_overrides(recipe_path, plugins) + [
+        "augment.image=[{name: hflip, p: 1.0}]", "augment.text=[{name: random-deletion, p: 1.0, alpha: 0.5}]"])
+    built, _, datamodule = assemble(validate(loaded, plugins), loaded.base_dir, None)
+    pre = {m: e.preprocessor for m, e in built.encoders.items()}
+
+    def plain(split, modality, index):
+        return pre[modality](materialize(split.items[modality][index]))
+
+    train = built.data.splits["train"]
+    pairs = datamodule.train_dataloader().dataset
+    for j in range(6):
+        row = pairs[j]
+        assert not same(row["image"], plain(train, "image", int(train.owner[j]))), j
+        assert not same(row["text"], plain(train, "text", j)), j
+    val = built.data.splits["val"]
+    pairs = datamodule.val_dataloader().dataset
+    for j in range(6):
+        row = pairs[j]
+        assert same(row["image"], plain(val, "image", int(val.owner[j]))) and same(row["text"], plain(val, "text", j))
+    test = built.data.splits["test"]
+    for loader, modality in zip(datamodule.item_dataloaders("test"), test.modalities):
+        for i in range(6):
+            assert same(loader.dataset[i]["item"], plain(test, modality, i)), (modality, i)
+
+
+def test_recipe_with_augmentations_runs(plugins, tmp_path, capfd):
     recipe = ROOT / "recipes" / "quickstart.yaml"
     overrides = [
         "augment.image=[{name: random-resized-crop, scale: [0.8, 1.0]}, {name: random-erasing, p: 0.3}]",
         "augment.text=[{name: random-swap, p: 0.2}]",
     ]
-    result = run_cli("run", recipe, *tiny_overrides(recipe, plugins), *overrides, "--out", tmp_path / "run")
+    result = cli(capfd, "run", recipe, *tiny_overrides(recipe, plugins), *overrides, "--out", tmp_path / "run")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "random-resized-crop" in (tmp_path / "run" / "recipe.yaml").read_text()
 
 
-def test_augmentation_for_the_wrong_modality_is_rejected():
-    result = run_cli("validate", ROOT / "recipes" / "quickstart.yaml", "augment.text=[{name: hflip}]")
+def test_augmentation_for_the_wrong_modality_is_rejected(capfd):
+    result = cli(capfd, "validate", ROOT / "recipes" / "quickstart.yaml", "augment.text=[{name: hflip}]")
     assert result.returncode == 2
     assert "augment.text.0.name: augmentation 'hflip' does not accept modality 'text'" in result.stderr
 
