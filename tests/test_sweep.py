@@ -1,10 +1,13 @@
 """xmcore sweep: a grid of cells, mean and spread over seeds, failed cells reported."""
 
 import json
+import statistics
 
-from conftest import ROOT
+import pytest
+
+from conftest import ROOT, cli
 from xmcore.sweep import grid, split_values
-from xmcore.testing import run_cli, tiny_overrides
+from xmcore.testing import tiny_overrides
 
 
 def test_grid_parsing():
@@ -14,16 +17,16 @@ def test_grid_parsing():
     assert keys == ["fusion.name", "seed"] and len(cells) == 4 and cells[1] == ["fusion.name=a", "seed=1"]
 
 
-def test_sweep_runs_the_grid_and_keeps_going_after_a_failure(plugins, tmp_path):
+def test_sweep_runs_the_grid_and_keeps_going_after_a_failure(plugins, tmp_path, capfd):
     recipe = tmp_path / "r.yaml"
     recipe.write_text((ROOT / "recipes" / "quickstart.yaml").read_text())
     tiny = tiny_overrides(recipe, plugins)
     # the tiny overrides become a recipe of their own, so that the sweep's axes are all that vary
     base = tmp_path / "tiny.yaml"
-    shown = run_cli("validate", recipe, *tiny, "--print")
+    shown = cli(capfd, "validate", recipe, *tiny, "--print")
     base.write_text(shown.stdout)
     # one cell fails at run time (no TPU here); the others run
-    result = run_cli("sweep", base, "fusion.name=linear,adversarial", "seed=0,1", "trainer.accelerator=cpu,tpu",
+    result = cli(capfd, "sweep", base, "fusion.name=linear,adversarial", "seed=0,1", "trainer.accelerator=cpu,tpu",
                      "--out", tmp_path / "sweep")
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
@@ -32,5 +35,19 @@ def test_sweep_runs_the_grid_and_keeps_going_after_a_failure(plugins, tmp_path):
     summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
     linear_cpu = next(s for s in summary if s["setting"] == {"fusion.name": "linear", "trainer.accelerator": "cpu"})
     assert linear_cpu["runs"] == 2 and linear_cpu["metrics"]["rsum"]["n"] == 2
+    # every mean and std in summary.json, recomputed from the cells sweep.json recorded
+    spread = False
+    for entry in summary:
+        cells = [c["metrics"] for c in data["cells"] if "metrics" in c
+                 and all(c["cell"][k] == v for k, v in entry["setting"].items())]
+        assert entry["runs"] == len(cells)
+        assert set(entry["metrics"]) == (set(cells[0]) if cells else set())
+        for metric, stat in entry["metrics"].items():
+            values = [m[metric] for m in cells]
+            assert stat["n"] == len(values) == 2
+            assert stat["mean"] == pytest.approx(statistics.mean(values), abs=1e-12)
+            assert stat["std"] == pytest.approx(statistics.stdev(values), abs=1e-12)  # the sample std, over seeds
+            spread = spread or stat["std"] > 0
+    assert spread  # the two seeds differ somewhere: the std check above can tell a wrong spread
     assert "± " in (tmp_path / "sweep" / "sweep.md").read_text() and (tmp_path / "sweep" / "sweep.png").is_file()
     assert "Failed cells" in result.stdout
