@@ -102,21 +102,29 @@ def test_map_at_r_by_hand():
 
 
 def test_modality_gap():
+    gap = lambda emb, split: compute_metrics(  # noqa: E731
+        rank_both_directions(emb, split), [build(PLUGINS["metric"].get("modality-gap"))])["gap"]
+    # by hand: the embeddings are normalised first -- images (1,0), (0,1); texts (.6,.8), (0,-1) --
+    # then the centroids (.5,.5) and (.3,-.1) are sqrt(.2^2 + .6^2) = sqrt(.4) apart
+    split = Split(("image", "text"), {"image": [0, 1], "text": [0, 1]}, np.array([0, 1]))
+    emb = {"image": torch.tensor([[2.0, 0.0], [0.0, 3.0]]), "text": torch.tensor([[3.0, 4.0], [0.0, -2.0]])}
+    assert gap(emb, split) == pytest.approx(0.4 ** 0.5, abs=1e-6)
+    same = {"image": emb["image"], "text": emb["image"] * 7}
+    assert gap(same, split) == pytest.approx(0.0, abs=1e-7)
+
     split, emb = make_case(0, 10, 1)
     shifted = {"image": emb["image"], "text": emb["text"] + 5}
-    near = compute_metrics(rank_both_directions(emb, split), [build(PLUGINS["metric"].get("modality-gap"))])["gap"]
-    far = compute_metrics(rank_both_directions(shifted, split), [build(PLUGINS["metric"].get("modality-gap"))])["gap"]
-    assert 0 <= near < far <= 2
+    assert 0 <= gap(emb, split) < gap(shifted, split) <= 2
 
 
-def test_evaluate_embeddings_cli(tmp_path):
+def test_evaluate_embeddings_cli(tmp_path, capfd):
     import json
 
-    from xmcore.testing import run_cli
+    from conftest import cli
 
     split, emb = make_case(7, 20, 5)
     np.savez(tmp_path / "e.npz", image=emb["image"].numpy(), text=emb["text"].numpy(), text_to_image=split.owner)
-    result = run_cli("evaluate", "--embeddings", tmp_path / "e.npz", "--out", tmp_path / "out")
+    result = cli(capfd, "evaluate", "--embeddings", tmp_path / "e.npz", "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     values = json.loads((tmp_path / "out" / "metrics.json").read_text())
     expected = compute_metrics(rank_both_directions(emb, split), metrics())
@@ -127,13 +135,13 @@ def test_evaluate_embeddings_cli(tmp_path):
     labels = np.arange(20) % 3
     np.savez(tmp_path / "l.npz", image=emb["image"].numpy(), text=emb["text"].numpy(), text_to_image=split.owner,
              image_labels=labels, text_labels=labels[split.owner])
-    only = run_cli("evaluate", "--embeddings", tmp_path / "l.npz", "--out", tmp_path / "l",
-                   "--metrics", "[{name: map}, {name: precision, k: [5]}]")
+    only = cli(capfd, "evaluate", "--embeddings", tmp_path / "l.npz", "--out", tmp_path / "l",
+               "--metrics", "[{name: map}, {name: precision, k: [5]}]")
     assert only.returncode == 0, only.stderr
     assert set(json.loads((tmp_path / "l" / "metrics.json").read_text())) == {"i2t/mAP", "t2i/mAP", "i2t/P@5", "t2i/P@5"}
 
     np.savez(tmp_path / "bad.npz", image=emb["image"].numpy(), text=emb["text"].numpy())
-    bad = run_cli("evaluate", "--embeddings", tmp_path / "bad.npz", "--out", tmp_path / "b")
+    bad = cli(capfd, "evaluate", "--embeddings", tmp_path / "bad.npz", "--out", tmp_path / "b")
     assert bad.returncode == 2 and "has no array 'text_to_image'" in bad.stderr and "Traceback" not in bad.stderr
-    typo = run_cli("evaluate", "--embeddings", tmp_path / "e.npz", "--out", tmp_path / "t", "--metrics", "[{name: mapp}]")
+    typo = cli(capfd, "evaluate", "--embeddings", tmp_path / "e.npz", "--out", tmp_path / "t", "--metrics", "[{name: mapp}]")
     assert typo.returncode == 2 and "unknown metric 'mapp'; did you mean 'map'?" in typo.stderr
