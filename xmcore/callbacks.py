@@ -38,6 +38,21 @@ class RetrievalValidation(pl.Callback):
             module.log(f"val/{key}", value, prog_bar=key == "rsum")
 
 
+class EndOnMaxSteps(pl.Callback):
+    """Make a run that ``trainer.max_steps`` ends in mid-epoch end like one that ends with its epoch.
+
+    Lightning validates (and so keeps a best checkpoint) at the end of an epoch, and logs every
+    ``log_every_n_steps``: a run stopped by ``max_steps`` before its epoch ended would stop with no
+    validation, no best checkpoint and, with fewer steps than ``log_every_n_steps``, nothing logged.
+    Signalling the stop at the last step lets Lightning log that step and validate, as it does for
+    an early stop.
+    """
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
+
+
 @torch.no_grad()
 def embed_items(module, modalities, loaders) -> dict[str, torch.Tensor]:
     """Every item of each modality's loader, embedded, in item order.

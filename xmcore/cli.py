@@ -111,6 +111,10 @@ def _parser() -> argparse.ArgumentParser:
 
     plug = sub.add_parser("plugins", help="list installed plugins and the components they register")
     plug.add_argument("--json", action="store_true", help="print JSON instead of text")
+    for command in (run, sw, ev, rep, idx, srch, srv):
+        command.add_argument("--verbose", "-v", action="store_true",
+                             help="also show Lightning's notices that need no action (GPU/TPU available, tips, "
+                             "deprecations inside Lightning)")
     return parser
 
 
@@ -142,6 +146,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from xmcore.quiet import configure
+
+    configure(verbose=getattr(args, "verbose", False))
     try:
         commands = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "data": cmd_data,
                     "evaluate": cmd_evaluate, "report": cmd_report, "compare": cmd_compare, "cache": cmd_cache,

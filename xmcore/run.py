@@ -6,11 +6,11 @@ The run directory holds::
     data_report.json   per split: items used, items skipped and why
     environment.json   versions of xmcore, each plugin used, torch, Lightning, timm, ...
     logs/metrics.csv   losses and values logged during training (Lightning's CSVLogger)
-    checkpoints/       best.ckpt (lowest validation loss) and last.ckpt
+    checkpoints/       best.ckpt (best validation score by eval.monitor: rsum by default) and last.ckpt
     metrics.json       {"i2t/R@1": ..., ..., "rsum": ...}
     metrics.md         the same as a table
     report.md          the metrics and figures: curves, recall_at_k, projection, gallery (.png)
-    embeddings.npz     the evaluated split's embeddings (``xmcore report`` redraws from them)
+    embeddings.npz     the evaluated split's embeddings (xmcore.embeddings; ``xmcore report`` redraws from them)
 """
 
 from __future__ import annotations
@@ -358,6 +358,8 @@ def build_trainer(recipe: Recipe, built: Built, datamodule, run_dir: Path, extra
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
 
+    from xmcore.callbacks import EndOnMaxSteps
+
     callbacks, monitor, mode = _validation_callbacks(recipe, built, datamodule)
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -374,7 +376,8 @@ def build_trainer(recipe: Recipe, built: Built, datamodule, run_dir: Path, extra
             **trainer_args,
             default_root_dir=run_dir,
             logger=CSVLogger(run_dir, name="logs", version=""),
-            callbacks=[*callbacks, *extra_callbacks, checkpoint, LearningRateMonitor(logging_interval="step")],
+            callbacks=[*callbacks, *extra_callbacks, checkpoint, LearningRateMonitor(logging_interval="step"),
+                       EndOnMaxSteps()],
         )
     except (ValueError, TypeError, RuntimeError, ImportError) as exc:  # MisconfigurationException is a ValueError
         raise XmcoreError(f"trainer: Lightning refused the trainer section: {exc}") from None
@@ -400,8 +403,24 @@ def train_and_evaluate(
         return None
 
     best = checkpoint.best_model_path or checkpoint.last_model_path or None  # none under fast_dev_run
-    title = f"{recipe.name}: {recipe.eval.split} split"
+    print(f"note: {evaluated_checkpoint(checkpoint, run_dir)}", file=sys.stderr, flush=True)
+    title = f"{recipe.name}: {recipe.eval.split} split" + (f" ({Path(best).name})" if best else "")
     return evaluate_and_write(module, datamodule, built, recipe, run_dir, best, title, run_dir / "logs" / "metrics.csv")
+
+
+def evaluated_checkpoint(checkpoint, run_dir: Path) -> str:
+    """Which weights the final evaluation uses, and why, in words."""
+    monitor = checkpoint.monitor
+    if checkpoint.best_model_path:
+        where = Path(checkpoint.best_model_path)
+        where = where.relative_to(run_dir) if where.is_relative_to(run_dir) else where
+        score = checkpoint.best_model_score
+        value = f" ({float(score):.4g})" if score is not None else ""
+        return f"evaluating {where}: the best {monitor}{value} of the validations during training"
+    if checkpoint.last_model_path:
+        return (f"evaluating checkpoints/last.ckpt: no validation ran, so there is no best checkpoint by {monitor} "
+                "(is there a 'val' split, and eval.every_n_epochs within the epochs trained?)")
+    return "evaluating the weights at the end of training: no checkpoint was written (trainer.fast_dev_run?)"
 
 
 def best_checkpoint(run_dir: Path) -> Path:
@@ -421,6 +440,8 @@ def evaluate_run(run_dir: Path, overrides: list[str], plugins: Plugins, out_dir:
     if not source.is_file():
         raise XmcoreError(f"{run_dir}: no recipe.yaml; expected a run directory written by `xmcore run`")
     checkpoint = best_checkpoint(run_dir)
+    print(f"note: evaluating {checkpoint.relative_to(run_dir)}"
+          + ("" if checkpoint.name == "best.ckpt" else " (the run has no best.ckpt: no validation ran)"), file=sys.stderr)
     loaded = load_recipe(source, overrides)
     recipe = validate(loaded, plugins)
     stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
