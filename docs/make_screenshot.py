@@ -2,17 +2,22 @@
 
     xmcore run recipes/quickstart.yaml --out runs/shapes
     xmcore index runs/shapes --out indexes/shapes --split test
-    python docs/make_screenshot.py indexes/shapes "a red circle left of a blue square"
+    python docs/make_screenshot.py indexes/shapes "a blue triangle to the left of a purple square"
+
+The picture should show what the product does: the query is one of the gallery's own captions, and
+the script refuses to write the picture unless the image that caption describes comes first.
 
 Needs Debian's chromium and chromium-driver, and selenium (requirements-dev.txt).
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -44,6 +49,7 @@ def main(index_dir: str, query: str, out: str = str(Path(__file__).with_name("se
                 options.add_argument(arg)
             driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
             try:
+                right_answer = _check_query(url, Path(index_dir), query)
                 driver.get(url)
                 driver.find_element(By.ID, "query").send_keys(query)
                 driver.find_element(By.ID, "search-button").click()
@@ -56,7 +62,21 @@ def main(index_dir: str, query: str, out: str = str(Path(__file__).with_name("se
     finally:
         server.terminate()
         server.wait()
-    print(f"written: {out}")
+    print(f"written: {out} (the first result is {right_answer}, the image the query describes)")
+
+
+def _check_query(url: str, index_dir: Path, query: str) -> str:
+    """The id of the image the query (a gallery caption) belongs to; exits if it is not the first result."""
+    captions = [json.loads(line) for line in (index_dir / "metadata" / "text.jsonl").read_text().splitlines()]
+    owners = {c["belongs_to"] for c in captions if c.get("caption") == query and c.get("belongs_to")}
+    if not owners:
+        sys.exit(f"'{query}' is not a caption of the gallery: choose one whose image is in it")
+    params = urllib.parse.urlencode({"text": query, "k": 1, "target": "image"})
+    with urllib.request.urlopen(f"{url}search?{params}", timeout=60) as response:
+        first = json.load(response)["results"][0]["id"]
+    if first not in owners:
+        sys.exit(f"the first result for '{query}' is {first}, not its image ({', '.join(sorted(owners))}): choose another query")
+    return first
 
 
 if __name__ == "__main__":
