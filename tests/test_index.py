@@ -6,7 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
-from xmcore.testing import run_cli
+from conftest import cli
+from xmcore.testing import free_port, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +62,8 @@ def test_queries_are_encoded_exactly_as_the_gallery_was(index_dir, capsys):
     assert hit["id"] == "image-2" and hit["score"] == pytest.approx(1.0, abs=1e-4)
 
 
-def test_text_search_prints_a_table_of_k_images(index_dir):
-    result = run_cli("search", index_dir, "--text", "a red circle left of a blue square", "-k", "4")
+def test_text_search_prints_a_table_of_k_images(index_dir, capfd):
+    result = cli(capfd, "search", index_dir, "--text", "a red circle left of a blue square", "-k", "4")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "image-" in line]
     assert len(rows) == 4 and rows[0].startswith("| 1 |")
@@ -138,9 +139,9 @@ def test_items_can_be_added_to_an_index(run_dir, tmp_path, plugins, capsys, monk
     assert verify(tmp_path / "idx") == [] and SearchIndex(tmp_path / "idx", plugins).indexes["image"].ntotal == n_img
     monkeypatch.setattr(index_module, "_embed_rows", real)
 
-    # run again (a real CLI): both modalities added once, ids continuing, captions pointing at the new images
-    result = run_cli("index", run_dir, "--out", tmp_path / "idx", "--split", "val", "--add")
-    assert result.returncode == 0, result.stderr[-3000:]
+    # run again (through the CLI): both modalities added once, ids continuing, captions pointing at the new images
+    capsys.readouterr()
+    assert main(["index", str(run_dir), "--out", str(tmp_path / "idx"), "--split", "val", "--add"]) == 0, capsys.readouterr().err
     index = SearchIndex(tmp_path / "idx", plugins)
     images, texts = index.items["image"], index.items["text"]
     assert len(images) == index.indexes["image"].ntotal > n_img and len(texts) == index.indexes["text"].ntotal > n_txt
@@ -162,7 +163,8 @@ def _media(index_dir, row):
 
 
 @pytest.mark.parametrize("kind,extra", [("hnsw", ["--hnsw-m", "8", "--ef-search", "32"]),
-                                        ("ivfpq", ["--nlist", "2", "--pq-m", "8", "--nbits", "3", "--nprobe", "2"])])
+                                        ("ivfpq", ["--nlist", "2", "--pq-m", "8", "--nbits", "3", "--nprobe", "2",
+                                                   "--refine", "4"])])
 def test_approximate_indexes(run_dir, tmp_path, kind, extra, plugins):
     from xmcore.index import SearchIndex, build_index, IndexOptions
 
@@ -172,7 +174,9 @@ def test_approximate_indexes(run_dir, tmp_path, kind, extra, plugins):
     assert entry["type"] == kind and entry["ntotal"] == manifest["modalities"]["text"]["count"]
     index = SearchIndex(tmp_path / kind, plugins)
     hits = index.search("text", index.items["text"][0]["caption"], k=5, target="text")
-    assert len(hits) == 5 and hits[0]["score"] == pytest.approx(1.0, abs=0.1 if kind == "ivfpq" else 1e-4)
+    # the item itself comes first with cosine 1 (IVF-PQ: its codes are approximate; --refine re-ranks exactly)
+    assert len(hits) == 5 and hits[0]["caption"] == index.items["text"][0]["caption"]
+    assert hits[0]["score"] == pytest.approx(1.0, abs=1e-3)
 
 
 def test_ivfpq_on_too_few_vectors_says_what_to_change(run_dir, tmp_path, capsys):
@@ -183,14 +187,37 @@ def test_ivfpq_on_too_few_vectors_says_what_to_change(run_dir, tmp_path, capsys)
     assert "needs at least 1024 vectors" in err and "--nlist" in err
 
 
-def test_a_changed_index_file_is_refused(index_dir, tmp_path):
+def test_a_changed_index_file_is_refused(index_dir, tmp_path, capfd):
     copy = tmp_path / "idx"
     shutil.copytree(index_dir, copy)
     with open(copy / "metadata" / "image.jsonl", "a") as fh:
         fh.write('{"id": "image-999", "path": "/etc/passwd"}\n')
-    result = run_cli("search", copy, "--text", "a red square")
-    assert result.returncode != 0 and "Traceback" not in result.stderr
+    result = cli(capfd, "search", copy, "--text", "a red square")
+    assert result.returncode != 0
     assert "differ from the manifest" in result.stderr and "metadata/image.jsonl" in result.stderr
+
+
+@pytest.mark.parametrize("tampered", ["model/weights.pt", "faiss/image.index"])
+def test_search_and_serve_refuse_a_changed_model_or_faiss_file(index_dir, tmp_path, capfd, monkeypatch, tampered):
+    import uvicorn
+
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    assert tampered in manifest["checksums"]
+    copy = tmp_path / "idx"
+    shutil.copytree(index_dir, copy)
+    data = bytearray((copy / tampered).read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one bit pattern changed, the size kept
+    (copy / tampered).write_bytes(bytes(data))
+
+    def served(*args, **kwargs):
+        raise AssertionError(f"xmcore serve served an index whose {tampered} was changed")
+
+    monkeypatch.setattr(uvicorn.Server, "run", served)
+    for command in (["search", copy, "--text", "a red square"], ["serve", copy, "--port", str(free_port())]):
+        result = cli(capfd, *command)
+        assert result.returncode == 2, (command[0], result.stderr)
+        assert "differ from the manifest" in result.stderr and tampered in result.stderr, result.stderr
+        assert "serving" not in result.stdout
 
 
 def test_search_input_errors_are_clear(index_dir, tmp_path, capsys):
