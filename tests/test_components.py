@@ -117,7 +117,7 @@ def test_adversarial_discriminator_logs_accuracy():
     fusion = build(PLUGINS["fusion"].get("adversarial"), BuildContext(input_dims={"image": 6, "text": 4}, dim=3))
     emb = {"image": torch.randn(5, 3), "text": torch.randn(5, 3)}
     loss, logs = fusion.auxiliary_loss(emb, progress=0.0)
-    assert loss.ndim == 0 and 0.0 <= float(logs["disc_acc"]) <= 1.0 and float(logs["grl_lambda"]) == 0.0
+    assert loss.ndim == 0 and 0.0 <= float(logs["disc_acc"]) <= 1.0 and float(logs["adv_lambda"]) == 0.0
 
 
 def test_timm_encoder_loads_a_local_checkpoint_strictly(tmp_path):

@@ -207,11 +207,13 @@ class PairDataset:
         preprocess: dict[str, Transform],
         augment: dict[str, list[Transform]],
         sample_members: bool = False,
+        group_by: str = "relevance",
     ):
         self.split = split
         self.preprocess = preprocess
         self.augment = augment
-        self.groups = split.groups(split.modalities[0])
+        # The losses' groups: relevance groups (an image and its captions, or a class), or class labels.
+        self.groups = split.labels if group_by == "label" else split.groups(split.modalities[0])
         self.members = None
         if sample_members:
             order = np.argsort(split.owner, kind="stable")

@@ -46,6 +46,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         caption_sampling: bool = False,
+        group_by: str = "relevance",
     ):
         super().__init__()
         self.data = data
@@ -56,6 +57,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.caption_sampling = caption_sampling
+        self.group_by = group_by  # what the losses' groups are: "relevance" or "label" (recipe key loss.groups)
 
     def _loader(self, dataset, batch_size: int, shuffle: bool, collate) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
@@ -71,13 +73,13 @@ class RetrievalDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        ds = PairDataset(self.data.splits["train"], self.preprocessors, self.augment, self.caption_sampling)
+        ds = PairDataset(self.data.splits["train"], self.preprocessors, self.augment, self.caption_sampling, self.group_by)
         return self._loader(ds, self.batch_size, True, PairCollate(self.preprocessors))
 
     def val_dataloader(self):
         if "val" not in self.data.splits:
             return []
-        ds = PairDataset(self.data.splits["val"], self.preprocessors, {})
+        ds = PairDataset(self.data.splits["val"], self.preprocessors, {}, group_by=self.group_by)
         return self._loader(ds, self.eval_batch_size, False, PairCollate(self.preprocessors))
 
     def item_dataloaders(self, split: str) -> list[DataLoader]:

@@ -36,11 +36,17 @@ class RetrievalModule(pl.LightningModule):
         frozen: set[str] = frozenset(),
         precomputed: set[str] = frozenset(),
         extra_checkpoint: Mapping[str, Any] | None = None,
+        extra_losses: list[tuple[str, float, nn.Module]] = (),
     ):
         super().__init__()
         self.encoders = nn.ModuleDict(dict(encoders))
         self.fusion = fusion
         self.loss = loss
+        # loss.extra: objectives added to the retrieval loss (their parameters train with the model)
+        self.extra_losses = nn.ModuleList([m for _, _, m in extra_losses])
+        names = [name for name, _, _ in extra_losses]
+        self.extra_names = [f"{n}_loss" if names.count(n) == 1 else f"{n}_{i}_loss" for i, n in enumerate(names)]
+        self.extra_weights = [float(w) for _, w, _ in extra_losses]
         self.modalities = modalities
         self.optimizer_cfg = dict(optimizer)
         self.frozen = set(frozen)
@@ -71,16 +77,21 @@ class RetrievalModule(pl.LightningModule):
         fused = self.fusion(self.features(modality, batch), modality)
         return nn.functional.normalize(fused, dim=-1)
 
-    def pair_loss(self, emb: Mapping[str, torch.Tensor], groups: torch.Tensor) -> torch.Tensor:
-        """The loss over the pairs of every process (negatives from the global batch)."""
+    def pair_loss(self, emb: Mapping[str, torch.Tensor], groups: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The retrieval loss and each ``loss.extra`` objective (unweighted), over the pairs of every
+        process (negatives from the global batch)."""
         a, b = self.modalities
-        return self.loss(gather_with_grad(emb[a]), gather_with_grad(emb[b]), gather(groups))
+        ea, eb, g = gather_with_grad(emb[a]), gather_with_grad(emb[b]), gather(groups)
+        return self.loss(ea, eb, g), {n: fn(ea, eb, g) for n, fn in zip(self.extra_names, self.extra_losses)}
 
     def _step(self, batch: Mapping[str, Any], stage: str) -> torch.Tensor:
         emb = {m: self.embed(m, batch[m]) for m in self.modalities}
-        loss = self.pair_loss(emb, batch["group"])
+        loss, extras = self.pair_loss(emb, batch["group"])
         batch_size = len(batch["group"])
         self.log(f"{stage}/retrieval_loss", loss, batch_size=batch_size)
+        for (name, value), weight in zip(extras.items(), self.extra_weights):
+            self.log(f"{stage}/{name}", value, batch_size=batch_size)
+            loss = loss + weight * value
         progress = self._progress()
         aux, logs = self.fusion.auxiliary_loss(emb, progress)
         if aux is not None:

@@ -7,6 +7,8 @@ discriminator trained through gradient reversal, after ACMR).
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 import xmcore
@@ -27,6 +29,12 @@ class AdversarialParams(NonlinearParams):
     disc_weight: float = Field(1.0, ge=0, description="weight of the discriminator loss in the total loss")
     gamma: float = Field(10.0, gt=0, description="steepness of the lambda schedule 2/(1+exp(-gamma*p))-1")
     max_lambda: float = Field(1.0, ge=0, description="lambda reached at the end of training")
+    objective: Literal["feature-matching", "confusion", "reversal"] = Field(
+        "feature-matching",
+        description="what the projections are trained for: to match the discriminator's mean features across "
+        "modalities (feature-matching), to drive it to chance (confusion), or to make it err through "
+        "gradient reversal (reversal, ACMR's original form)",
+    )
 
 
 def build_linear(params: LinearParams, ctx: xmcore.BuildContext):
@@ -57,6 +65,7 @@ def build_adversarial(params: AdversarialParams, ctx: xmcore.BuildContext):
         disc_weight=params.disc_weight,
         gamma=params.gamma,
         max_lambda=params.max_lambda,
+        objective=params.objective,
     )
 
 
