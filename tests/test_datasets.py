@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from conftest import ROOT, write_csv, write_image, write_karpathy, write_shards, write_truncated_jpeg
+from conftest import ROOT, cli, write_csv, write_image, write_karpathy, write_shards, write_truncated_jpeg
 from xmcore.data import clean_split
 from xmcore.errors import XmcoreError
 from xmcore.plugins import load_plugins
 from xmcore.registry import BuildContext
-from xmcore.testing import TINY_TRAINER, run_cli
+from xmcore.testing import TINY_TRAINER
 
 PLUGINS = load_plugins()
 
@@ -121,9 +121,9 @@ def bad_csv_recipe(tmp_path, strict=False, only_bad_test=False):
     ]
 
 
-def test_bad_items_are_skipped_with_one_warning_and_a_report(tmp_path):
+def test_bad_items_are_skipped_with_one_warning_and_a_report(tmp_path, capfd):
     recipe, overrides = bad_csv_recipe(tmp_path)
-    result = run_cli("run", recipe, *overrides, "--out", tmp_path / "run")
+    result = cli(capfd, "run", recipe, *overrides, "--out", tmp_path / "run")
     assert result.returncode == 0, result.stderr[-3000:]
     warnings = [line for line in result.stderr.splitlines() if "skipped" in line and "bad items" in line]
     assert len(warnings) == 1 and "missing.png (missing file)" in warnings[0]
@@ -133,18 +133,18 @@ def test_bad_items_are_skipped_with_one_warning_and_a_report(tmp_path):
     assert report["splits"]["test"]["used"] == {"image": 2, "text": 2}
 
 
-def test_strict_mode_stops_before_training(tmp_path):
+def test_strict_mode_stops_before_training(tmp_path, capfd):
     recipe, overrides = bad_csv_recipe(tmp_path, strict=True)
-    result = run_cli("run", recipe, *overrides, "--out", tmp_path / "run")
+    result = cli(capfd, "run", recipe, *overrides, "--out", tmp_path / "run")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "2 bad items and data.strict is true" in result.stderr
     assert "missing.png: missing file" in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_split_with_no_usable_items_is_an_error(tmp_path):
+def test_split_with_no_usable_items_is_an_error(tmp_path, capfd):
     recipe, overrides = bad_csv_recipe(tmp_path, only_bad_test=True)
-    result = run_cli("run", recipe, *overrides, "--out", tmp_path / "run")
+    result = cli(capfd, "run", recipe, *overrides, "--out", tmp_path / "run")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "split 'test' has no usable image items" in result.stderr and "data.tsv" in result.stderr
 
@@ -175,10 +175,10 @@ def test_webdataset_bad_samples_and_shards(tmp_path):
         build("webdataset", tmp_path, train="gz.tar", test="gz.tar")
 
 
-def test_data_inspect_cli(tmp_path):
+def test_data_inspect_cli(tmp_path, capfd):
     recipe, overrides = bad_csv_recipe(tmp_path)
     grid = tmp_path / "grid.png"
-    result = run_cli("data", "inspect", recipe, *overrides, "--grid", grid)
+    result = cli(capfd, "data", "inspect", recipe, *overrides, "--grid", grid)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     assert "[train]" in out and "[test]" in out
@@ -187,5 +187,5 @@ def test_data_inspect_cli(tmp_path):
     assert "problems: 1 items skipped (1 missing file)" in out and "missing.png: missing file" in out
     assert "e.g. " in out and "a red square 0" in out
     assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    bad = run_cli("data", "inspect", recipe, *overrides, "--grid", grid, "--split", "nope")
+    bad = cli(capfd, "data", "inspect", recipe, *overrides, "--grid", grid, "--split", "nope")
     assert bad.returncode == 2 and "no split 'nope'" in bad.stderr and "Traceback" not in bad.stderr
