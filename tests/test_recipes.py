@@ -8,7 +8,7 @@ import json
 import pytest
 
 from conftest import RECIPES, cli
-from xmcore.testing import run_cli, tiny_overrides
+from xmcore.testing import tiny_overrides
 
 QUICKSTART = [r for r in RECIPES if r.stem == "quickstart"][0]
 # Recipes too heavy to train in the suite: validated as written, then trained with these overrides.
@@ -70,10 +70,10 @@ def test_recipe_runs_through_cli(recipe, plugins, tmp_path, capfd):
 
 
 @pytest.mark.parametrize("fusion", ["linear", "nonlinear", "adversarial"])
-def test_fusion_swapped_by_override(fusion, plugins, tmp_path):
-    recipe = [r for r in RECIPES if r.stem == "quickstart"][0]
+def test_fusion_swapped_by_override(fusion, plugins, tmp_path, capfd):
+    recipe = QUICKSTART
     out = tmp_path / fusion
-    result = run_cli("run", recipe, *tiny_overrides(recipe, plugins), f"fusion.name={fusion}", "--out", out)
+    result = cli(capfd, "run", recipe, *tiny_overrides(recipe, plugins), f"fusion.name={fusion}", "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     check_run_dir(out, result.stdout)
     resolved = (out / "recipe.yaml").read_text()
