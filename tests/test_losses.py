@@ -4,7 +4,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import RECIPES, cli, write_csv
+from conftest import RECIPES, cli, write_csv, write_image
 from xmcore.data import PairDataset
 from xmcore.plugins import load_plugins
 from xmcore.registry import BuildContext
@@ -61,6 +61,21 @@ def test_pairs_grouped_by_label(tmp_path):
     by_label = [row["group"] for row in PairDataset(train, identity, {}, group_by="label")]
     assert by_image == [int(train.owner[j]) for j in range(len(train))]
     assert by_label == [int(train.labels[train.owner[j]]) for j in range(len(train))]
+
+
+def test_pair_groups_on_class_level_data(tmp_path):
+    # imagefolder judges relevance by class; loss.groups=pair makes each image its own group again
+    for colour in ("red", "green"):
+        for n in range(3):
+            write_image(tmp_path / colour / f"{n}.png", colour)
+    data = build(PLUGINS["dataset"].get("imagefolder"), BuildContext(base_dir=tmp_path), root=".",
+                 split_ratios=(1.0, 0.0, 0.0))
+    train = data.splits["train"]
+    identity = {m: (lambda x: x) for m in train.modalities}
+    by_relevance = [row["group"] for row in PairDataset(train, identity, {})]
+    by_pair = [row["group"] for row in PairDataset(train, identity, {}, group_by="pair")]
+    assert sorted(set(by_relevance)) == [0, 1]  # the two classes
+    assert by_pair == [int(train.owner[j]) for j in range(len(train))] and len(set(by_pair)) == 6
 
 
 def write_labelled_recipe(tmp_path, loss):

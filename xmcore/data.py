@@ -212,8 +212,11 @@ class PairDataset:
         self.split = split
         self.preprocess = preprocess
         self.augment = augment
-        # The losses' groups: relevance groups (an image and its captions, or a class), or class labels.
-        self.groups = split.labels if group_by == "label" else split.groups(split.modalities[0])
+        # The losses' groups (recipe key loss.groups): relevance groups (an image and its captions, or a class),
+        # an image and its own captions, or class labels.
+        first = split.modalities[0]
+        self.groups = {"label": lambda: split.labels, "pair": lambda: np.arange(len(split.items[first]))}.get(
+            group_by, lambda: split.groups(first))()
         self.members = None
         if sample_members:
             order = np.argsort(split.owner, kind="stable")

@@ -109,9 +109,15 @@ def xmcore_register_losses(register: Register) -> None:
     ``build(params, ctx)`` returns a ``torch.nn.Module`` called as
     ``loss(a, b, groups)``: ``a`` and ``b`` are L2-normalised embeddings of the
     two modalities for the same batch of pairs (row ``i`` of ``a`` matches row
-    ``i`` of ``b``), and ``groups[i]`` identifies the first-modality item of pair
-    ``i``, so that two captions of one image in a batch are not treated as
-    negatives of each other.  Returns a scalar tensor.
+    ``i`` of ``b``), and ``groups[i]`` identifies the group of pair ``i`` (by
+    default its first-modality item, or its class where relevance is by class;
+    the recipe key ``loss.groups`` chooses), so that two captions of one image
+    in a batch are not treated as negatives of each other.  Returns a scalar
+    tensor.  The same losses serve as ``loss.extra`` objectives, each added with
+    its ``weight``.  ``ctx.dim`` is the common space's width and
+    ``ctx.num_classes`` the number of classes when the groups are class ids
+    (``None`` otherwise), for losses with parameters of their own (a label
+    classifier).
     """
 
 

@@ -79,11 +79,11 @@ class ExtraLossSection(ComponentSection):
 
 
 class LossSection(ComponentSection):
-    groups: Literal["relevance", "label"] = Field(
+    groups: Literal["relevance", "pair", "label"] = Field(
         "relevance",
         description="what makes two training pairs one group for the losses: 'relevance' as the evaluation judges it "
-        "(an image and its captions; a class where the dataset judges by class), 'label' the class labels "
-        "(the dataset must have them)",
+        "(an image and its captions; a class where the dataset judges by class), 'pair' an image and its own "
+        "captions only, 'label' the class labels (the dataset must have them)",
     )
     extra: list[ExtraLossSection] = Field(
         default_factory=list,

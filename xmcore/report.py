@@ -1,6 +1,8 @@
 """Visual reports: ``report.md`` and PNG figures in a run (or evaluation) directory.
 
 * ``curves.png`` -- training and validation loss (and validation rsum) over training;
+* ``modality.png`` -- the validation modality gap and a modality discriminator's accuracy over
+  training (when the metrics include the gap, or the fusion has a discriminator);
 * ``recall_at_k.png`` -- R@K for K = 1..100, both directions;
 * ``projection.png`` -- a 2-D PCA of the common space coloured by modality (the modality gap);
 * ``gallery.png`` -- for a few text queries their top-5 images, the correct one framed in green,

@@ -77,7 +77,9 @@ def class_count(recipe: Recipe, data) -> int | None:
     """The number of classes when the losses' groups are class labels (``loss.groups: label``, or a
     dataset that judges relevance by class), else ``None``."""
     splits = data.splits.values()
-    if recipe.loss.groups != "label" and not all(s.relevance == "label" for s in splits):
+    by_class = recipe.loss.groups == "label" or (
+        recipe.loss.groups == "relevance" and all(s.relevance == "label" for s in splits))
+    if not by_class:
         return None
     return int(max(s.labels.max() for s in splits if s.labels is not None and len(s.labels))) + 1
 
