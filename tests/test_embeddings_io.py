@@ -24,11 +24,18 @@ def small(n=6, per=2, d=8, seed=0):
             "text_to_image": np.repeat(np.arange(n), per)}
 
 
+def runs_metrics(run):
+    """The metric list a run was evaluated with, as --metrics YAML."""
+    import yaml
+
+    return yaml.safe_dump(yaml.safe_load((run / "recipe.yaml").read_text())["eval"]["metrics"])
+
+
 def test_a_runs_embeddings_file_reproduces_its_metrics(trained_run, tmp_path, capsys):
     with np.load(trained_run / "embeddings.npz") as z:
         assert {"modalities", "image", "text", "text_to_image"} <= set(z.files)
         assert z["modalities"].tolist() == ["image", "text"]
-    code, _, err = evaluate(capsys, trained_run / "embeddings.npz", tmp_path / "again", "--metrics", RECALL_RANK)
+    code, _, err = evaluate(capsys, trained_run / "embeddings.npz", tmp_path / "again", "--metrics", runs_metrics(trained_run))
     assert code == 0, err
     run_metrics = json.loads((trained_run / "metrics.json").read_text())
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
@@ -51,7 +58,7 @@ def test_older_runs_embeddings_are_still_read_by_report_and_evaluate(trained_run
     (run / "report.md").unlink(missing_ok=True)
     assert main(["report", str(run)]) == 0, capsys.readouterr().err
     assert (run / "report.md").is_file() and (run / "recall_at_k.png").is_file()
-    code, _, err = evaluate(capsys, run / "embeddings.npz", tmp_path / "ev", "--metrics", RECALL_RANK)
+    code, _, err = evaluate(capsys, run / "embeddings.npz", tmp_path / "ev", "--metrics", runs_metrics(trained_run))
     assert code == 0, err
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text()) == pytest.approx(
         json.loads((trained_run / "metrics.json").read_text()), abs=1e-9)
