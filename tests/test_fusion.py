@@ -84,3 +84,16 @@ def test_gradient_reversal_alone_does_not_confuse_the_discriminator():
     gap_nonlinear, _, _ = train_fusion("nonlinear")
     gap_reversal, disc_acc, _ = train_fusion("adversarial", objective="reversal")
     assert gap_reversal < 0.5 * gap_nonlinear and 0.3 <= disc_acc <= 0.7, (gap_reversal, gap_nonlinear, disc_acc)
+
+
+def test_report_draws_the_gap_and_the_discriminator_over_training(tmp_path):
+    from xmcore.report import modality_curves
+
+    log = tmp_path / "metrics.csv"
+    log.write_text("step,train/loss,train/disc_acc,val/disc_acc,val/gap\n"
+                   "9,3.1,0.9,,\n19,2.5,0.6,,\n19,,,0.55,0.21\n39,,,0.5,0.08\n")
+    assert modality_curves(log, tmp_path / "modality.png") == "modality.png"
+    assert (tmp_path / "modality.png").stat().st_size > 1000
+    plain = tmp_path / "plain.csv"
+    plain.write_text("step,train/loss,val/loss\n9,3.1,\n19,,2.9\n")
+    assert modality_curves(plain, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
