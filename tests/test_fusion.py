@@ -6,6 +6,8 @@ plugins and the real InfoNCE loss train on them with a plain optimiser loop (a f
 so the tests can compare what the strategies do to the common space.
 """
 
+import functools
+
 import pytest
 import torch
 
@@ -28,6 +30,7 @@ def fixed_features(n: int, seed: int):
     return image, text
 
 
+@functools.cache
 def train_fusion(name: str, steps: int = 300, **params):
     """Train a fusion strategy with InfoNCE on fixed features; its modality gap and discriminator accuracy
     on held-out features (the discriminator's accuracy is ``None`` for strategies without one)."""

@@ -96,11 +96,37 @@ def test_label_aware_recipe_trains_the_label_classifier(capfd, tmp_path):
     result = cli(capfd, "run", recipe, *TINY_TRAINER, "trainer.max_epochs=3", "trainer.log_every_n_steps=1",
                  "--out", tmp_path / "run")
     assert result.returncode == 0, result.stderr[-3000:]
-    header = (tmp_path / "run" / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert "train/label-ce_loss" in header and "train/retrieval_loss" in header
+    import csv
+
+    with (tmp_path / "run" / "logs" / "metrics.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/label-ce_loss")]
+    assert rows
+    for row in rows:  # the objective is part of what trains, with its weight
+        total = float(row["train/retrieval_loss"]) + 0.5 * float(row["train/label-ce_loss"])
+        assert float(row["train/loss"]) == pytest.approx(total, rel=1e-5)
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     classes = 4  # red, green, blue, yellow
     assert state["extra_losses.0.classifier.weight"].shape == (classes, 128)
+    # Evaluated on other data -- fewer classes, or none -- the trained model embeds as before: the losses
+    # (and their classifier sized for the training classes) only train.
+    other = tmp_path / "other"
+    write_csv(other, rows=[("img/a.png", "a red square", "red", "test"), ("img/b.png", "a green square", "green", "test"),
+                           ("img/c.png", "a green box", "green", "train")])
+    for extra in ([], ["data.label_column=null"]):
+        result = cli(capfd, "evaluate", tmp_path / "run", f"data.path={other / 'data.tsv'}", *extra)
+        assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_label_groups_reach_the_training_pairs(plugins, tmp_path):
+    from xmcore.recipe import load_recipe, validate
+    from xmcore.run import assemble
+
+    recipe = write_labelled_recipe(tmp_path, {"name": "infonce", "groups": "label"})
+    loaded = load_recipe(recipe, [])
+    built, _, datamodule = assemble(validate(loaded, plugins), loaded.base_dir, None)
+    train = built.data.splits["train"]
+    assert datamodule.train_dataloader().dataset.groups.tolist() == train.labels.tolist()
+    assert train.labels.tolist() != list(range(len(train.labels)))  # labels, not image ids
 
 
 def test_label_groups_on_a_dataset_without_labels_is_refused(capfd, tmp_path):

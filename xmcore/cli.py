@@ -120,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # Where each command keeps its ``key=value`` words (overrides, or sweep axes).
 _KEY_VALUE_DEST = {"run": "overrides", "validate": "overrides", "evaluate": "overrides", "data": "overrides",
-                   "sweep": "axes"}
+                   "sweep": "axes", "index": "data"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

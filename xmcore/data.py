@@ -197,6 +197,20 @@ def seeded_split(count: int, ratios: Sequence[float], seed: int) -> dict[str, np
     return {name: np.sort(idx) for name, idx in zip(("train", "val", "test"), parts) if len(idx)}
 
 
+def loss_groups(split: Split, group_by: str) -> np.ndarray:
+    """Each first-modality item's group for the losses (recipe key ``loss.groups``): its relevance group
+    (itself, or its class where relevance is by class), itself (``pair``), or its class (``label``)."""
+    first = split.modalities[0]
+    if group_by == "pair":
+        return np.arange(len(split.items[first]))
+    if group_by != "label":
+        return split.groups(first)
+    groups = split.labels.copy()
+    unknown = np.flatnonzero(groups < 0)
+    groups[unknown] = -(unknown + 1)  # an item without a class is a group of its own, never a class's
+    return groups
+
+
 class PairDataset:
     """Training pairs: one per second-modality item with its owner (a caption and its image), or with
     ``sample_members``, one per owner with one of its members drawn at random (caption sampling)."""
@@ -212,11 +226,7 @@ class PairDataset:
         self.split = split
         self.preprocess = preprocess
         self.augment = augment
-        # The losses' groups (recipe key loss.groups): relevance groups (an image and its captions, or a class),
-        # an image and its own captions, or class labels.
-        first = split.modalities[0]
-        self.groups = {"label": lambda: split.labels, "pair": lambda: np.arange(len(split.items[first]))}.get(
-            group_by, lambda: split.groups(first))()
+        self.groups = loss_groups(split, group_by)
         self.members = None
         if sample_members:
             order = np.argsort(split.owner, kind="stable")

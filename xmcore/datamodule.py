@@ -57,7 +57,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.caption_sampling = caption_sampling
-        self.group_by = group_by  # what the losses' groups are: "relevance" or "label" (recipe key loss.groups)
+        self.group_by = group_by  # what the losses' groups are: "relevance", "pair" or "label" (recipe key loss.groups)
 
     def _loader(self, dataset, batch_size: int, shuffle: bool, collate) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None

@@ -36,8 +36,6 @@ DEFAULT_MODALITIES = ("image", "text")
 class EmbeddingsFileError(XmcoreError):
     """An embeddings file that cannot be evaluated; the message names the array and the fix."""
 
-    exit_code = 2
-
 
 @dataclass
 class EmbeddingsFile:

@@ -32,8 +32,6 @@ class RunError(XmcoreError):
 class RecipeError(XmcoreError):
     """A recipe (or an override) does not validate.  One line per problem."""
 
-    exit_code = 2
-
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("\n".join(problems))
@@ -41,8 +39,6 @@ class RecipeError(XmcoreError):
 
 class PluginError(XmcoreError):
     """Plugins conflict, or a component is not available."""
-
-    exit_code = 2
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

@@ -201,10 +201,10 @@ def metrics_table(metrics: Mapping[str, float]) -> str:
     cols = list(dict.fromkeys(m for row in directions.values() for m in row))
     lines = ["| direction | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for d, row in directions.items():
-        lines.append(f"| {d} | " + " | ".join(_fmt(row.get(c), f"{d}/{c}") for c in cols) + " |")
+        lines.append(f"| {d} | " + " | ".join(format_metric(row.get(c), f"{d}/{c}") for c in cols) + " |")
     if glob:
         lines.append("")
-        lines += [f"**{k}**: {_fmt(v)}" for k, v in glob.items()]
+        lines += [f"**{k}**: {format_metric(v)}" for k, v in glob.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -218,7 +218,6 @@ def format_metric(value: float | None, key: str = "") -> str:
     return f"{value:.4f}"
 
 
-_fmt = format_metric
 
 
 def load_embeddings_file(path) -> tuple[Split, dict[str, torch.Tensor]]:

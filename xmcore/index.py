@@ -393,9 +393,9 @@ def build_index(
     stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
     base_dir = Path(stored.get("xmcore_base_dir", run_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
-    built, module, _ = assemble(recipe, base_dir, None, precompute_frozen=False)
+    built, module, _ = assemble(recipe, base_dir, None, training=False)
     try:
-        module.load_state_dict(stored["state_dict"])
+        module.load_model_weights(stored["state_dict"])
     except RuntimeError as exc:
         raise XmcoreError(
             f"{checkpoint}: its weights do not fit the model built from the recipe ({str(exc).splitlines()[0]}); "

@@ -25,12 +25,15 @@ from xmcore.distributed import gather, gather_with_grad
 from xmcore.errors import XmcoreError
 
 
+EMBEDDING_PARTS = ("encoders.", "fusion.")  # the state dict's keys an embedding uses
+
+
 class RetrievalModule(pl.LightningModule):
     def __init__(
         self,
         encoders: Mapping[str, Encoder],
         fusion: Fusion,
-        loss: nn.Module,
+        loss: nn.Module | None,
         modalities: tuple[str, str],
         optimizer: Mapping[str, Any],
         frozen: set[str] = frozenset(),
@@ -155,6 +158,15 @@ class RetrievalModule(pl.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def load_model_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Load what embedding needs -- the encoders' and the fusion's weights -- strictly; the losses'
+        own parameters (a temperature, a label classifier) only train, and are left out."""
+        model = {k: v for k, v in state_dict.items() if k.startswith(EMBEDDING_PARTS)}
+        result = self.load_state_dict(model, strict=False)
+        missing = [k for k in result.missing_keys if k.startswith(EMBEDDING_PARTS)]
+        if missing or result.unexpected_keys:
+            raise RuntimeError(f"missing keys {missing[:5]}, unexpected keys {result.unexpected_keys[:5]}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint.update(self.extra_checkpoint)

@@ -48,12 +48,7 @@ def _save(fig, path: Path) -> str:
 def loss_curves(log: Path, path: Path) -> str | None:
     if not log.is_file():
         return None
-    rows = list(csv.DictReader(log.open()))
-    series: dict[str, list[tuple[float, float]]] = {}
-    for row in rows:
-        for key in ("train/loss", "val/loss", "val/rsum"):
-            if row.get(key):
-                series.setdefault(key, []).append((float(row["step"]), float(row[key])))
+    series = _log_series(log, ("train/loss", "val/loss", "val/rsum"))
     if not series:
         return None
     plt = _plt()

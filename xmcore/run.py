@@ -47,8 +47,11 @@ class Built:
     extra_losses: list[tuple[str, float, Any]] = field(default_factory=list)  # (name, weight, loss) from loss.extra
 
 
-def build_components(recipe: Recipe, base_dir: Path, run_dir: Path | None = None) -> Built:
-    """Build the components in order: data, augmentations, encoders, fusion, loss, metrics."""
+def build_components(recipe: Recipe, base_dir: Path, run_dir: Path | None = None, training: bool = True) -> Built:
+    """Build the components in order: data, augmentations, encoders, fusion, loss, metrics.
+
+    ``training=False`` (embedding with a trained checkpoint, perhaps on other data) builds no losses:
+    they only train, and the training data's classes need not be the gallery's."""
     seed = recipe.seed
     data = build_data(recipe, base_dir, run_dir)
 
@@ -66,11 +69,25 @@ def build_components(recipe: Recipe, base_dir: Path, run_dir: Path | None = None
     fusion = recipe.fusion.component.build(
         recipe.fusion.params, BuildContext(seed=seed, base_dir=base_dir, input_dims=dims, dim=recipe.fusion.dim)
     )
-    loss_ctx = BuildContext(seed=seed, base_dir=base_dir, dim=recipe.fusion.dim, num_classes=class_count(recipe, data))
-    loss = recipe.loss.component.build(recipe.loss.params, loss_ctx)
-    extra_losses = [(e.name, e.weight, e.component.build(e.params, loss_ctx)) for e in recipe.loss.extra]
+    loss, extra_losses = build_losses(recipe, data, base_dir) if training else (None, [])
     metrics = [m.component.build(m.params, BuildContext(seed=seed, base_dir=base_dir)) for m in recipe.eval.metrics]
     return Built(data, encoders, augment, fusion, loss, metrics, extra_losses)
+
+
+def build_losses(recipe: Recipe, data, base_dir: Path):
+    """The retrieval loss and the ``loss.extra`` objectives (name, weight, loss)."""
+    if recipe.loss.groups == "label":
+        source = f"dataset '{recipe.data.name}'"
+        unlabelled = [n for n, split in data.splits.items() if split.labels is None]
+        if unlabelled:
+            raise XmcoreError(
+                f"loss.groups: 'label' needs class labels, but {source} has none in split "
+                f"{', '.join(map(repr, unlabelled))}; use a dataset with labels (csv or jsonl with label_column, "
+                "imagefolder, webdataset with .cls files) or set loss.groups=relevance"
+            )
+    ctx = BuildContext(seed=recipe.seed, base_dir=base_dir, dim=recipe.fusion.dim, num_classes=class_count(recipe, data))
+    loss = recipe.loss.component.build(recipe.loss.params, ctx)
+    return loss, [(e.name, e.weight, e.component.build(e.params, ctx)) for e in recipe.loss.extra]
 
 
 def class_count(recipe: Recipe, data) -> int | None:
@@ -121,14 +138,6 @@ def _check_data(recipe: Recipe, data, source: str) -> None:
             if len(split.items[m]) == 0:
                 raise XmcoreError(f"{source}: split '{split_name}' has no usable {m} items")
     name = recipe.data.name
-    if recipe.loss.groups == "label":
-        unlabelled = [n for n, split in data.splits.items() if split.labels is None]
-        if unlabelled:
-            raise XmcoreError(
-                f"loss.groups: 'label' needs class labels, but {source} has none in split "
-                f"{', '.join(map(repr, unlabelled))}; use a dataset with labels (csv or jsonl with label_column, "
-                "imagefolder, webdataset with .cls files) or set loss.groups=relevance"
-            )
     lacking = [m for m in data.modalities if m not in recipe.encoders]
     if lacking:
         raise XmcoreError(
@@ -246,17 +255,17 @@ def embed_split(module, datamodule, recipe: Recipe, split, checkpoint: str | Non
     return embeddings
 
 
-def assemble(recipe: Recipe, base_dir: Path, run_dir: Path | None, precompute_frozen: bool = True):
+def assemble(recipe: Recipe, base_dir: Path, run_dir: Path | None, training: bool = True):
     """Build the components, the LightningModule and the LightningDataModule for a recipe."""
     from xmcore.datamodule import RetrievalDataModule
     from xmcore.features import FeaturePassThrough, cacheable_modalities, precompute
     from xmcore.module import RetrievalModule
 
-    built = build_components(recipe, base_dir, run_dir)
+    built = build_components(recipe, base_dir, run_dir, training)
     modalities = built.data.modalities
     frozen = {m for m, e in recipe.encoders.items() if e.freeze and m in modalities}
-    precompute_frozen = precompute_frozen and recipe.cache.precompute
-    precomputed = cacheable_modalities(frozen, built.augment) if precompute_frozen else set()
+    # Frozen features are precomputed for training only; embedding a checkpoint runs the encoders.
+    precomputed = cacheable_modalities(frozen, built.augment) if training and recipe.cache.precompute else set()
     training_data = built.data  # built.data keeps the raw items (for reports)
     if precomputed:
         from xmcore import __version__
@@ -414,8 +423,8 @@ def evaluated_checkpoint(checkpoint, run_dir: Path) -> str:
     """Which weights the final evaluation uses, and why, in words."""
     monitor = checkpoint.monitor
     if checkpoint.best_model_path:
-        where = Path(checkpoint.best_model_path)
-        where = where.relative_to(run_dir) if where.is_relative_to(run_dir) else where
+        where = Path(checkpoint.best_model_path).resolve()
+        where = where.relative_to(run_dir.resolve()) if where.is_relative_to(run_dir.resolve()) else where
         score = checkpoint.best_model_score
         value = f" ({float(score):.4g})" if score is not None else ""
         return f"evaluating {where}: the best {monitor}{value} of the validations during training"
@@ -451,8 +460,14 @@ def evaluate_run(run_dir: Path, overrides: list[str], plugins: Plugins, out_dir:
     base_dir = Path(stored.get("xmcore_base_dir", run_dir))
     out_dir = out_dir or run_dir / "evaluations" / time.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
-    built, module, datamodule = assemble(recipe, base_dir, out_dir, precompute_frozen=False)
-    module.load_state_dict(stored["state_dict"])
+    built, module, datamodule = assemble(recipe, base_dir, out_dir, training=False)
+    try:
+        module.load_model_weights(stored["state_dict"])
+    except RuntimeError as exc:
+        raise XmcoreError(
+            f"{checkpoint}: its weights do not fit the model built from the recipe ({str(exc).splitlines()[0]}); "
+            "overrides may change the data and evaluation only, not the encoders or fusion"
+        ) from None
     write_yaml(out_dir / "recipe.yaml", recipe.resolved())
     title = f"{recipe.name}: {checkpoint.name} on the {recipe.eval.split} split"
     return evaluate_and_write(module, datamodule, built, recipe, out_dir, None, title), out_dir

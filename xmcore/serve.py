@@ -202,8 +202,6 @@ def create_app(index):
 class AddressError(XmcoreError):
     """The address to serve at cannot be used (the port is taken, the host is not this machine's)."""
 
-    exit_code = 2
-
 
 def bind(host: str, port: int):
     """A TCP socket bound to ``host:port``, or an :class:`AddressError` saying why not."""

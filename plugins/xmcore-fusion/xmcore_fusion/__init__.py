@@ -2,7 +2,7 @@
 
 The three families of the seed survey: linear (a projection per modality),
 nonlinear (an MLP per modality) and adversarial (MLPs plus a modality
-discriminator trained through gradient reversal, after ACMR).
+discriminator whose features the modalities are trained to match, after ACMR).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def build_nonlinear(params: NonlinearParams, ctx: xmcore.BuildContext):
 
 
 def build_adversarial(params: AdversarialParams, ctx: xmcore.BuildContext):
-    """MLPs plus a modality discriminator through gradient reversal (ACMR, Wang et al. 2017)."""
+    """MLPs plus a modality discriminator the projections work against (ACMR); closes the modality gap."""
     from xmcore_fusion.strategies import AdversarialFusion
 
     return AdversarialFusion(

@@ -32,12 +32,14 @@ training progress p, so the retrieval loss shapes the space first.
 from __future__ import annotations
 
 import math
+import typing
 from typing import Mapping
 
 import torch
 from torch import nn
 
 from xmcore.components import Fusion
+from xmcore_fusion import AdversarialParams
 
 
 class LinearFusion(Fusion):
@@ -147,4 +149,4 @@ class AdversarialFusion(MLPFusion):
         return total
 
 
-OBJECTIVES = ("feature-matching", "confusion", "reversal")
+OBJECTIVES = typing.get_args(AdversarialParams.model_fields["objective"].annotation)

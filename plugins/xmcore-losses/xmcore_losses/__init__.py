@@ -62,4 +62,4 @@ def build_label_ce(params: LabelCEParams, ctx: xmcore.BuildContext):
 def xmcore_register_losses(register):
     register("infonce", build_infonce, params=InfoNCEParams)
     register("triplet", build_triplet, params=TripletParams)
-    register("label-ce", build_label_ce, params=LabelCEParams, test_params=None)
+    register("label-ce", build_label_ce, params=LabelCEParams)

@@ -75,8 +75,9 @@ class LabelCE(nn.Module):
         self.classifier = nn.Linear(dim, num_classes)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-        # Items without a known class carry label -1 and are left out.
-        return 0.5 * (
-            nn.functional.cross_entropy(self.classifier(a), groups, ignore_index=-1)
-            + nn.functional.cross_entropy(self.classifier(b), groups, ignore_index=-1)
-        )
+        known = groups >= 0  # items without a known class carry a negative id and are left out
+        if not known.any():
+            return (a.sum() + b.sum()) * 0.0
+        a, b, groups = a[known], b[known], groups[known]
+        return 0.5 * (nn.functional.cross_entropy(self.classifier(a), groups)
+                      + nn.functional.cross_entropy(self.classifier(b), groups))
