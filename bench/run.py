@@ -1,7 +1,7 @@
 """Run every benchmark, one after another, each in a process of its own, and print their ratios.
 
     python bench/run.py                    # small sizes: a few minutes on 2 cores
-    python bench/run.py --full             # the sizes quoted in the README (about an hour)
+    python bench/run.py --full             # the sizes quoted in the README (over an hour)
     python bench/run.py --only overhead,cli_startup
 
 Each benchmark is also a script of its own (bench/<name>.py --help) with flags for other sizes.
@@ -26,9 +26,10 @@ BENCHMARKS = {
     "cli_startup": (["--repeat", "3"], ["--repeat", "5"]),
     "data_throughput": (["--batches", "10"], ["--batches", "30", "--workers", "0,1,2"]),
     "ann": (["--n", "50000"], ["--n", "1000000"]),
+    "fusion": ([], ["--full"]),
 }
 # the lines each benchmark prints that hold its result
-RESULT_MARKERS = ("ratio", "faster", "x python", "peak", "streaming", "full matrix", "queries/s")
+RESULT_MARKERS = ("ratio", "faster", "x python", "peak", "streaming", "full matrix", "queries/s", "bar:")
 
 
 def main(argv: list[str] | None = None) -> int:

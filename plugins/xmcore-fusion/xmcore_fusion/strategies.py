@@ -97,7 +97,7 @@ class AdversarialFusion(MLPFusion):
         disc_hidden: int = 256,
         disc_weight: float = 1.0,
         gamma: float = 10.0,
-        max_lambda: float = 1.0,
+        max_lambda: float = 3.0,
         objective: str = "feature-matching",
     ):
         super().__init__(input_dims, dim, hidden, layers, dropout)
