@@ -358,11 +358,8 @@ def build_index(
     batch_size: int | None = None,
 ) -> dict[str, Any]:
     """Embed a gallery with a run's best checkpoint and write (or extend, with ``add``) an index folder."""
-    import torch
-
     from xmcore import __version__
-    from xmcore.recipe import load_recipe, validate
-    from xmcore.run import assemble, best_checkpoint
+    from xmcore.run import best_checkpoint, rebuild_trained
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     options = options or IndexOptions()
@@ -388,19 +385,8 @@ def build_index(
     elif add:
         raise XmcoreError(f"--add: {out_dir} holds no index yet (no manifest.json); leave out --add to build one")
 
-    loaded = load_recipe(source, list(overrides))
-    recipe = validate(loaded, plugins)
-    stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    base_dir = Path(stored.get("xmcore_base_dir", run_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
-    built, module, _ = assemble(recipe, base_dir, None, training=False)
-    try:
-        module.load_model_weights(stored["state_dict"])
-    except RuntimeError as exc:
-        raise XmcoreError(
-            f"{checkpoint}: its weights do not fit the model built from the recipe ({str(exc).splitlines()[0]}); "
-            "--data may change the data only, not the encoders or fusion"
-        ) from None
+    recipe, built, module, _ = rebuild_trained(run_dir, checkpoint, overrides, plugins, None, "--data")
     module.eval()
 
     data = built.data

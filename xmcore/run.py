@@ -441,33 +441,40 @@ def best_checkpoint(run_dir: Path) -> Path:
     raise XmcoreError(f"{run_dir}: no checkpoints/best.ckpt or last.ckpt; is it an xmcore run directory that trained?")
 
 
-def evaluate_run(run_dir: Path, overrides: list[str], plugins: Plugins, out_dir: Path | None = None) -> tuple[dict, Path]:
-    """Evaluate a trained run's best checkpoint on its recipe's evaluation split, or on other data (overrides)."""
+def rebuild_trained(run_dir: Path, checkpoint: Path, overrides, plugins: Plugins, out_dir: Path | None, flag: str):
+    """A trained run's model with ``checkpoint``'s weights, over the data its recipe (with ``overrides``)
+    names: the recipe, the built components, the module and the data module.  ``flag`` names what
+    carried the overrides, for the message when they changed the model itself."""
     import torch
 
     from xmcore.recipe import load_recipe, validate
 
-    source = run_dir / "recipe.yaml"
-    if not source.is_file():
-        raise XmcoreError(f"{run_dir}: no recipe.yaml; expected a run directory written by `xmcore run`")
-    checkpoint = best_checkpoint(run_dir)
-    print(f"note: evaluating {checkpoint.relative_to(run_dir)}"
-          + ("" if checkpoint.name == "best.ckpt" else " (the run has no best.ckpt: no validation ran)"), file=sys.stderr)
-    loaded = load_recipe(source, overrides)
-    recipe = validate(loaded, plugins)
+    recipe = validate(load_recipe(run_dir / "recipe.yaml", list(overrides)), plugins)
     stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
     # Relative paths in the stored recipe were relative to the original recipe's folder.
     base_dir = Path(stored.get("xmcore_base_dir", run_dir))
-    out_dir = out_dir or run_dir / "evaluations" / time.strftime("%Y%m%d-%H%M%S")
-    out_dir.mkdir(parents=True, exist_ok=True)
     built, module, datamodule = assemble(recipe, base_dir, out_dir, training=False)
     try:
         module.load_model_weights(stored["state_dict"])
     except RuntimeError as exc:
         raise XmcoreError(
             f"{checkpoint}: its weights do not fit the model built from the recipe ({str(exc).splitlines()[0]}); "
-            "overrides may change the data and evaluation only, not the encoders or fusion"
+            f"{flag} may change the data only, not the encoders or fusion"
         ) from None
+    return recipe, built, module, datamodule
+
+
+def evaluate_run(run_dir: Path, overrides: list[str], plugins: Plugins, out_dir: Path | None = None) -> tuple[dict, Path]:
+    """Evaluate a trained run's best checkpoint on its recipe's evaluation split, or on other data (overrides)."""
+    source = run_dir / "recipe.yaml"
+    if not source.is_file():
+        raise XmcoreError(f"{run_dir}: no recipe.yaml; expected a run directory written by `xmcore run`")
+    checkpoint = best_checkpoint(run_dir)
+    print(f"note: evaluating {checkpoint.relative_to(run_dir)}"
+          + ("" if checkpoint.name == "best.ckpt" else " (the run has no best.ckpt: no validation ran)"), file=sys.stderr)
+    out_dir = out_dir or run_dir / "evaluations" / time.strftime("%Y%m%d-%H%M%S")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recipe, built, module, datamodule = rebuild_trained(run_dir, checkpoint, overrides, plugins, out_dir, "overrides")
     write_yaml(out_dir / "recipe.yaml", recipe.resolved())
     title = f"{recipe.name}: {checkpoint.name} on the {recipe.eval.split} split"
     return evaluate_and_write(module, datamodule, built, recipe, out_dir, None, title), out_dir
