@@ -46,8 +46,6 @@ def _save(fig, path: Path) -> str:
 
 
 def loss_curves(log: Path, path: Path) -> str | None:
-    if not log.is_file():
-        return None
     series = _log_series(log, ("train/loss", "val/loss", "val/rsum"))
     if not series:
         return None
@@ -73,6 +71,8 @@ def loss_curves(log: Path, path: Path) -> str | None:
 
 def _log_series(log: Path, keys: tuple[str, ...]) -> dict[str, list[tuple[float, float]]]:
     series: dict[str, list[tuple[float, float]]] = {}
+    if not log.is_file():
+        return series
     with log.open() as f:
         for row in csv.DictReader(f):
             for key in keys:
@@ -84,8 +84,6 @@ def _log_series(log: Path, keys: tuple[str, ...]) -> dict[str, list[tuple[float,
 def modality_curves(log: Path, path: Path) -> str | None:
     """The modality gap on the validation split and a modality discriminator's accuracy over training
     (the adversarial strategy's); ``None`` when the log has neither."""
-    if not log.is_file():
-        return None
     series = _log_series(log, ("val/gap", "train/disc_acc", "val/disc_acc"))
     if not series:
         return None
