@@ -32,5 +32,8 @@ def test_resolved_recipe_fills_defaults_and_round_trips(plugins, tmp_path):
 
 
 def test_bad_list_index_override(plugins):
-    with pytest.raises(RecipeError, match=r"'eval.metrics.5': expected a list index below 2"):
-        load_recipe(ROOT / "recipes" / "quickstart.yaml", ["eval.metrics.5.k=[1]"])
+    import yaml
+
+    listed = len(yaml.safe_load((ROOT / "recipes" / "quickstart.yaml").read_text())["eval"]["metrics"])
+    with pytest.raises(RecipeError, match=rf"'eval.metrics.{listed + 1}': expected a list index below {listed}"):
+        load_recipe(ROOT / "recipes" / "quickstart.yaml", [f"eval.metrics.{listed + 1}.k=[1]"])
