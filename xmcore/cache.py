@@ -15,7 +15,8 @@ atomically, holding each shard's sha256.  A folder without a valid ``meta.json``
 whose shards do not match it, is an interrupted or corrupted write: it is deleted and
 rebuilt, never half-used.
 
-The folder is ``cache.dir`` in the recipe, else ``$XMCORE_CACHE_DIR``, else
+The folder is ``cache.dir`` in the recipe (relative to the recipe's folder, or to the working
+directory when typed on the command line), else ``$XMCORE_CACHE_DIR``, else
 ``~/.cache/xmcore/features``.
 """
 
