@@ -11,7 +11,7 @@ recipe is validated, passing a ``register`` callback.  A plugin calls
     def xmcore_register_fusions(register):
         register("my-fusion", build_my_fusion, params=MyFusionParams)
 
-``register(name, build, *, params=None, help=None, modalities=None, test_params=None)``
+``register(name, build, *, params=None, help=None, modalities=None, test_params=None, test_items=None)``
 
 * ``name`` -- what a recipe writes as ``name:``; unique within its kind.
   Registering a name twice is an error that names both plugins.
@@ -32,6 +32,9 @@ recipe is validated, passing a ``register`` callback.  A plugin calls
 * ``test_params`` -- small parameters for the contract tests in
   :mod:`xmcore.testing` (a dict, or a callable returning a dict, or ``None``
   when the component cannot be built offline on this machine).
+* ``test_items`` -- for encoders and augmentations of a modality the core has
+  no sample items for (it has images and texts): ``test_items(n)`` returns
+  ``n`` raw items of that modality for the contract checks.
 
 No hook here is ``firstresult``: every implementation is called and the results
 are the registrations themselves.  Hooks are listed in the order the core calls

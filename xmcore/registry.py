@@ -131,6 +131,7 @@ class Component:
     plugin: str
     modalities: tuple[str, ...] | None = None
     test_params: Any = None
+    test_items: Callable[[int], list[Any]] | None = None  # raw items for the contract checks of a modality the core has none for
 
     def accepts(self, modality: str) -> bool:
         return self.modalities is None or modality in self.modalities
@@ -181,6 +182,7 @@ class Registry:
             help: str | None = None,
             modalities: Sequence[str] | None = None,
             test_params: Any = None,
+            test_items: Callable[[int], list[Any]] | None = None,
         ) -> None:
             if not isinstance(name, str) or not name:
                 raise PluginError(f"plugin '{plugin}' registered a {self.kind} with an invalid name {name!r}")
@@ -205,6 +207,7 @@ class Registry:
                 plugin=plugin,
                 modalities=tuple(modalities) if modalities is not None else None,
                 test_params=test_params,
+                test_items=test_items,
             )
 
         return register

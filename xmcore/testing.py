@@ -113,7 +113,10 @@ def build(component: Component, ctx: BuildContext | None = None, **overrides: An
     return component.build(component.params.model_validate(params), ctx or BuildContext())
 
 
-def sample_items(modality: str, n: int = 3) -> list[Any]:
+def sample_items(modality: str, n: int = 3, component: Component | None = None) -> list[Any]:
+    """``n`` raw items of ``modality``: the core's own for images and texts, else the component's ``test_items``."""
+    if component is not None and component.test_items is not None and modality not in ("image", "text"):
+        return list(component.test_items(n))
     if modality == "image":
         import numpy as np
         from PIL import Image
@@ -131,7 +134,7 @@ def check_encoder(component: Component, modality: str) -> None:
 
     import torch
 
-    items = sample_items(modality)
+    items = sample_items(modality, component=component)
     ctx = BuildContext(modality=modality, train_items=lambda: items)
     encoder = build(component, ctx)
     assert isinstance(encoder, torch.nn.Module)
@@ -235,7 +238,7 @@ def check_augmentation(component: Component, modality: str, ctx: BuildContext | 
 
     ctx = dataclasses.replace(ctx, modality=modality) if ctx else BuildContext(modality=modality)
     augment = build(component, ctx, **params)
-    for item in sample_items(modality):
+    for item in sample_items(modality, component=component):
         out = augment(item)
         assert type(out) is type(item) or (modality == "image" and hasattr(out, "size")), type(out)
 
