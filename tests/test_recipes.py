@@ -23,9 +23,26 @@ EXPECTED_IDS = [
 ]
 
 
-def check_run_dir(run_dir, stdout, checkpoints=True):
+def expected_ids(directions):
+    """EXPECTED_IDS for another pair of modalities (``("a2t", "t2a")``)."""
+    rename = dict(zip(("i2t", "t2i"), directions))
+    return [rename[k.split("/")[0]] + "/" + k.split("/")[1] if "/" in k else k for k in EXPECTED_IDS]
+
+
+def recipe_directions(recipe, plugins):
+    """The direction ids a recipe's dataset gives: first letters of its modalities (``i2t``, ``t2i``)."""
+    import yaml
+
+    from xmcore.evaluation import direction_name
+
+    first, second = plugins["dataset"].get(yaml.safe_load(recipe.read_text())["data"]["name"]).modalities or ("image", "text")
+    return direction_name(first, second), direction_name(second, first)
+
+
+def check_run_dir(run_dir, stdout, checkpoints=True, directions=("i2t", "t2i")):
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert [k for k in metrics if k in EXPECTED_IDS] == EXPECTED_IDS  # more metrics may follow their direction
+    ids = expected_ids(directions)
+    assert [k for k in metrics if k in ids] == ids  # more metrics may follow their direction
     for key, value in metrics.items():
         if "/R@" in key:
             assert 0.0 <= value <= 1.0, (key, value)
@@ -39,7 +56,7 @@ def check_run_dir(run_dir, stdout, checkpoints=True):
         assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "checkpoints" / "best.ckpt").is_file()
     env = json.loads((run_dir / "environment.json").read_text())
     assert env["packages"]["torch"] and env["packages"]["pytorch-lightning"] and env["xmcore"]
-    assert "| i2t |" in stdout and "| t2i |" in stdout
+    assert f"| {directions[0]} |" in stdout and f"| {directions[1]} |" in stdout
     return metrics
 
 
@@ -66,7 +83,7 @@ def test_recipe_runs_through_cli(recipe, plugins, tmp_path, capfd):
         data += LIGHTER[recipe.stem]
     result = cli(capfd, "run", recipe, *data, *tiny_overrides(recipe, plugins, data), "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
-    check_run_dir(out, result.stdout)
+    check_run_dir(out, result.stdout, directions=recipe_directions(recipe, plugins))
 
 
 @pytest.mark.parametrize("fusion", ["linear", "nonlinear", "adversarial"])

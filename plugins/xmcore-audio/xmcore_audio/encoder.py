@@ -1,0 +1,141 @@
+"""``audio-cnn``: a log-mel spectrogram into a timm CNN with one input channel, globally pooled.
+
+The image models that AST and PANNs start from read spectrograms as pictures;
+here any timm CNN does (``in_chans=1``).  The front end runs in the
+preprocessor (a DataLoader worker): resample to the encoder's rate
+(``torchaudio.functional.resample``), cut into windows of ``max_seconds``, and
+turn each window into a log-mel spectrogram (``torchaudio.transforms``
+``MelSpectrogram`` + ``AmplitudeToDB``).
+
+Nothing is cut silently and nothing depends on the batch: every window is
+exactly ``max_seconds`` long (the last one, or a shorter clip, padded with
+silence), each window is embedded on its own, and a clip's embedding is the
+average of its windows' embeddings weighted by how much of each window is the
+clip (a 4.5 s clip with 4 s windows: 4/4.5 and 0.5/4.5).  There is no random crop
+anywhere, so evaluation and indexing are deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import timm
+import torch
+
+from xmcore.components import Encoder, Preprocessor
+from xmcore.errors import XmcoreError
+from xmcore_audio.items import Clip
+
+DB_SCALE = 20.0  # log-mel dB / DB_SCALE: inputs of order one for a CNN trained from scratch
+
+
+class LogMelPreprocessor(Preprocessor):
+    """A clip -> its windows' log-mel spectrograms ``[W, n_mels, frames]`` and weights ``[W]``."""
+
+    def __init__(self, sample_rate: int, n_mels: int, win_ms: float, hop_ms: float, f_min: float, f_max: float | None,
+                 max_seconds: float, top_db: float = 80.0):
+        self.sample_rate = int(sample_rate)
+        self.n_mels = int(n_mels)
+        self.win_ms = float(win_ms)
+        self.hop_ms = float(hop_ms)
+        self.f_min = float(f_min)
+        self.f_max = float(f_max) if f_max is not None else self.sample_rate / 2
+        self.max_seconds = float(max_seconds)
+        self.top_db = float(top_db)
+        self.win_length = int(round(self.sample_rate * self.win_ms / 1000))
+        self.hop_length = int(round(self.sample_rate * self.hop_ms / 1000))
+        self.n_fft = 1 << max(0, math.ceil(math.log2(self.win_length)))
+        self.window_samples = int(round(self.sample_rate * self.max_seconds))
+        self._mel = None  # built lazily in each process: a plain, picklable description travels to workers
+
+    @property
+    def frames(self) -> int:
+        return self.window_samples // self.hop_length + 1
+
+    def _transforms(self):
+        if self._mel is None:
+            import torchaudio
+
+            self._mel = torch.nn.Sequential(
+                torchaudio.transforms.MelSpectrogram(
+                    sample_rate=self.sample_rate, n_fft=self.n_fft, win_length=self.win_length,
+                    hop_length=self.hop_length, f_min=self.f_min, f_max=self.f_max, n_mels=self.n_mels,
+                    power=2.0, center=True,
+                ),
+                torchaudio.transforms.AmplitudeToDB(stype="power", top_db=self.top_db),
+            )
+        return self._mel
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_mel"} | {"_mel": None}
+
+    def waveform(self, clip: Clip) -> torch.Tensor:
+        """The clip as mono float32 at the encoder's rate."""
+        wave = torch.from_numpy(np.asarray(clip.samples, dtype=np.float32)).reshape(-1)
+        if clip.sample_rate != self.sample_rate:
+            import torchaudio
+
+            wave = torchaudio.functional.resample(wave, clip.sample_rate, self.sample_rate)
+        return wave
+
+    def __call__(self, clip: Clip) -> dict[str, torch.Tensor]:
+        wave = self.waveform(clip)
+        if wave.numel() == 0:
+            raise XmcoreError("audio-cnn: a clip without samples (the data check skips those)")
+        count = max(1, math.ceil(wave.numel() / self.window_samples))
+        padded = torch.zeros(count * self.window_samples)
+        padded[: wave.numel()] = wave
+        windows = padded.reshape(count, self.window_samples)
+        real = torch.clamp(wave.numel() - torch.arange(count) * self.window_samples, max=self.window_samples)
+        with torch.no_grad():
+            # One window at a time: AmplitudeToDB's top_db floor is then each window's own, whatever shares its call.
+            mels = torch.stack([self._transforms()(w) for w in windows]) / DB_SCALE
+        return {"mel": mels, "weight": real.float() / self.window_samples}
+
+    def collate(self, items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        counts = [len(x["weight"]) for x in items]
+        return {
+            "mel": torch.cat([x["mel"] for x in items]).unsqueeze(1),  # [windows, 1, n_mels, frames]
+            "weight": torch.cat([x["weight"] for x in items]),
+            "clip": torch.repeat_interleave(torch.arange(len(items)), torch.tensor(counts)),
+            "clips": torch.tensor(len(items)),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"LogMelPreprocessor(sample_rate={self.sample_rate}, n_mels={self.n_mels}, win_ms={self.win_ms}, "
+            f"hop_ms={self.hop_ms}, win_length={self.win_length}, hop_length={self.hop_length}, n_fft={self.n_fft}, "
+            f"f_min={self.f_min}, f_max={self.f_max}, power=2.0, top_db={self.top_db}, db_scale={DB_SCALE}, "
+            f"window_seconds={self.max_seconds}, windows=weighted-mean, resample=torchaudio.functional.resample)"
+        )
+
+
+class AudioCNNEncoder(Encoder):
+    def __init__(self, model_name: str, preprocessor: LogMelPreprocessor, model_kwargs: dict | None = None):
+        super().__init__()
+        try:
+            self.model = timm.create_model(
+                model_name, pretrained=False, num_classes=0, in_chans=1, global_pool="avg", **(model_kwargs or {})
+            )
+        except RuntimeError as exc:
+            if "Unknown model" in str(exc):
+                raise XmcoreError(
+                    f"encoders.audio.model_name: timm has no model '{model_name}' (timm.list_models() lists them)"
+                ) from None
+            raise
+        self.output_dim = int(self.model.num_features)
+        self.preprocessor = preprocessor
+
+    def export(self, folder):
+        return {}
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        features = self.model(batch["mel"])  # [windows, D]
+        weight = batch["weight"].to(features.dtype).unsqueeze(1)
+        clips = int(batch["clips"])
+        index = batch["clip"].to(features.device)
+        total = features.new_zeros(clips, features.shape[1]).index_add_(0, index, features * weight)
+        norm = features.new_zeros(clips, 1).index_add_(0, index, weight)
+        return total / norm

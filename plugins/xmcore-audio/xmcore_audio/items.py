@@ -1,0 +1,91 @@
+"""Audio items: an in-memory :class:`Clip` and a lazy :class:`AudioFile` decoded with soundfile.
+
+torchaudio's own load/save now need torchcodec, so files are decoded with
+``soundfile`` (libsndfile: WAV, FLAC, OGG, MP3 where the library reads them).
+Every clip is mono float32: multi-channel files are down-mixed by averaging.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from xmcore.data import LazyItem
+
+
+class Clip:
+    """Mono float32 samples and their sample rate: the raw item of the audio modality."""
+
+    __slots__ = ("samples", "sample_rate")
+
+    def __init__(self, samples, sample_rate: int):
+        samples = np.asarray(samples, dtype=np.float32)
+        if samples.ndim == 2:  # (frames, channels), as soundfile returns: down-mix
+            samples = samples.mean(axis=1, dtype=np.float32)
+        if samples.ndim != 1:
+            raise ValueError(f"a clip is 1-D samples or (frames, channels); got shape {samples.shape}")
+        self.samples = np.ascontiguousarray(samples)
+        self.sample_rate = int(sample_rate)
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+    def fingerprint(self) -> str:
+        """What identifies the clip for caches: its rate and a hash of its samples."""
+        return f"clip:{self.sample_rate}:{len(self.samples)}:{hashlib.sha1(self.samples.tobytes()).hexdigest()}"
+
+    def __getstate__(self):
+        return (self.samples, self.sample_rate)
+
+    def __setstate__(self, state):
+        self.samples, self.sample_rate = state
+
+    def __repr__(self) -> str:
+        return f"Clip({self.seconds:.2f} s at {self.sample_rate} Hz)"
+
+
+def clip_problem(clip: Clip) -> str | None:
+    """Why a decoded clip cannot be used, or ``None``."""
+    if len(clip.samples) == 0:
+        return "zero-length audio"
+    if not np.isfinite(clip.samples).all():
+        return f"non-finite samples ({int((~np.isfinite(clip.samples)).sum())} of {len(clip.samples)})"
+    return None
+
+
+@dataclass(frozen=True)
+class AudioFile(LazyItem):
+    """An audio file on disk, decoded (with soundfile) only when loaded."""
+
+    path: Path
+
+    def load(self) -> Clip:
+        import soundfile
+
+        samples, rate = soundfile.read(str(self.path), dtype="float32", always_2d=True)
+        return Clip(samples, rate)
+
+    def check(self) -> str | None:
+        """Why the clip cannot be used, or ``None``: a full decode, so truncated files are caught."""
+        if not Path(self.path).is_file():
+            return "missing file"
+        try:
+            clip = self.load()
+        except Exception as exc:  # noqa: BLE001 -- libsndfile errors and ValueErrors alike
+            return f"unreadable audio ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        return clip_problem(clip)
+
+    def fingerprint(self) -> str:
+        """What identifies the file's content for caches: path, size and modification time."""
+        try:
+            st = Path(self.path).stat()
+        except OSError:
+            return f"{self.path}:missing"
+        return f"{self.path}:{st.st_size}:{st.st_mtime_ns}"
+
+    def __str__(self) -> str:
+        return str(self.path)
