@@ -238,3 +238,15 @@ def test_audio_cnn_refuses_bad_settings():
         params.model_validate({"win_ms": 10, "hop_ms": 20})
     with pytest.raises(ValidationError, match="half the sample rate"):
         params.model_validate({"sample_rate": 8000, "f_max": 6000})
+
+
+def test_data_inspect_draws_spectrograms(tmp_path, capfd):
+    from PIL import Image
+
+    grid = tmp_path / "grid.png"
+    result = cli(capfd, "data", "inspect", RECIPE, "data.train=4", "data.val=0", "data.test=2", "--grid", grid)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "audio items: 4" in result.stdout and "Clip(" in result.stdout
+    pixels = np.asarray(Image.open(grid).convert("RGB")).astype(int)
+    coloured = (pixels.max(axis=2) - pixels.min(axis=2)) > 60  # the magma colour map; captions are grey on white
+    assert coloured.sum() > 10_000, coloured.sum()

@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     insp = data_sub.add_parser("inspect", help="per split: items, captions per image, labels, problems, examples")
     insp.add_argument("recipe")
     insp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
-    insp.add_argument("--grid", type=Path, metavar="PNG", help="also write a picture of sample images with captions")
+    insp.add_argument("--grid", type=Path, metavar="PNG", help="also write a picture of sample items (images; spectrograms or whatever a plugin's items draw) with captions")
     insp.add_argument("--split", help="the split the grid shows (default: train)")
 
     idx = sub.add_parser("index", help="embed a gallery with a trained run and write a search index (FAISS)")

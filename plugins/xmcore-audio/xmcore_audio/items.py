@@ -38,6 +38,12 @@ class Clip:
         """What identifies the clip for caches: its rate and a hash of its samples."""
         return f"clip:{self.sample_rate}:{len(self.samples)}:{hashlib.sha1(self.samples.tobytes()).hexdigest()}"
 
+    def draw(self, ax) -> None:
+        """The clip's spectrogram into a matplotlib axis (``xmcore data inspect --grid``)."""
+        if len(self.samples) >= 256 and np.isfinite(self.samples).all():
+            ax.specgram(self.samples, Fs=self.sample_rate, NFFT=256, noverlap=192, cmap="magma")
+        ax.set_xlabel(f"{self.seconds:.2f} s at {self.sample_rate} Hz", fontsize=7)
+
     def __getstate__(self):
         return (self.samples, self.sample_rate)
 
