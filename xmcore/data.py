@@ -14,7 +14,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -186,6 +186,29 @@ def clean_split(split: Split, workers: int = 8) -> tuple[Split, dict[str, Any]]:
         "problems": problems,
     }
     return cleaned, report
+
+
+def generated_splits(counts: Mapping[str, int], seed: int, make_split: Callable[[int, np.random.Generator], Split]) -> dict[str, Split]:
+    """The splits of a generated dataset: ``make_split(count, rng)`` for each split with items, each from a
+    generator of its own seeded by (``seed``, the split's position), so one split's size never changes
+    another's items."""
+    return {name: make_split(count, np.random.default_rng([seed, index]))
+            for index, (name, count) in enumerate(counts.items()) if count}
+
+
+def distinct_captions(write: Callable[[], str], count: int) -> list[str]:
+    """``count`` captions from ``write()``: paraphrases differ (a few retries each); a scene with fewer
+    paraphrases than asked repeats them."""
+    written: list[str] = []
+    for _ in range(count * 4):
+        text = write()
+        if text not in written:
+            written.append(text)
+        if len(written) == count:
+            break
+    while len(written) < count:
+        written.append(written[len(written) % max(1, len(written))])
+    return written
 
 
 def seeded_split(count: int, ratios: Sequence[float], seed: int) -> dict[str, np.ndarray]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xmcore.data import RetrievalData, Split
+from xmcore.data import RetrievalData, Split, distinct_captions, generated_splits
 from xmcore_audio.items import Clip
 
 BEEP_HZ = {"low": (250.0, 330.0), "mid": (650.0, 850.0), "high": (1700.0, 2100.0)}
@@ -157,23 +157,13 @@ def generate_split(params, count: int, rng: np.random.Generator) -> Split:
     for i in range(count):
         events = scene(params, rng)
         clips.append(Clip(synthesize(events, params.sample_rate, rng), params.sample_rate))
-        written: list[str] = []
-        for _ in range(params.captions_per_clip * 4):  # paraphrases differ; retry duplicates a few times
-            text = caption(events, rng)
-            if text not in written:
-                written.append(text)
-            if len(written) == params.captions_per_clip:
-                break
-        while len(written) < params.captions_per_clip:
-            written.append(written[len(written) % max(1, len(written))])
+        written = distinct_captions(lambda: caption(events, rng), params.captions_per_clip)
         texts += written
         owner += [i] * len(written)
     return Split(("audio", "text"), {"audio": clips, "text": texts}, np.array(owner))
 
 
 def generate(params) -> RetrievalData:
-    splits = {}
-    for index, (name, count) in enumerate((("train", params.train), ("val", params.val), ("test", params.test))):
-        if count:
-            splits[name] = generate_split(params, count, np.random.default_rng([params.seed, index]))
+    counts = {"train": params.train, "val": params.val, "test": params.test}
+    splits = generated_splits(counts, params.seed, lambda count, rng: generate_split(params, count, rng))
     return RetrievalData(splits, description=f"tones (seed {params.seed})")

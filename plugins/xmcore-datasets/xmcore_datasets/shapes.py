@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from xmcore.data import RetrievalData, Split
+from xmcore.data import RetrievalData, Split, distinct_captions, generated_splits
 
 COLOR_RGB = {
     "red": (220, 30, 30),
@@ -171,23 +171,13 @@ def generate_split(params, count: int, rng: np.random.Generator) -> Split:
     for i in range(count):
         shapes = scene(params, rng)
         images.append(render(shapes, params.image_size, params.grid, rng))
-        written: list[str] = []
-        for _ in range(params.captions_per_image * 4):  # paraphrases differ; retry duplicates a few times
-            text = caption(shapes, params.grid, rng)
-            if text not in written:
-                written.append(text)
-            if len(written) == params.captions_per_image:
-                break
-        while len(written) < params.captions_per_image:  # a scene with fewer paraphrases than asked
-            written.append(written[len(written) % max(1, len(written))])
+        written = distinct_captions(lambda: caption(shapes, params.grid, rng), params.captions_per_image)
         texts += written
         owner += [i] * len(written)
     return Split(("image", "text"), {"image": images, "text": texts}, np.array(owner))
 
 
 def generate(params) -> RetrievalData:
-    splits = {}
-    for index, (name, count) in enumerate((("train", params.train), ("val", params.val), ("test", params.test))):
-        if count:
-            splits[name] = generate_split(params, count, np.random.default_rng([params.seed, index]))
+    counts = {"train": params.train, "val": params.val, "test": params.test}
+    splits = generated_splits(counts, params.seed, lambda count, rng: generate_split(params, count, rng))
     return RetrievalData(splits, description=f"shapes (seed {params.seed})")
