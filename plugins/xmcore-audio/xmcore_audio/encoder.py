@@ -128,9 +128,6 @@ class AudioCNNEncoder(Encoder):
         self.output_dim = int(self.model.num_features)
         self.preprocessor = preprocessor
 
-    def export(self, folder):
-        return {}
-
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         features = self.model(batch["mel"])  # [windows, D]
         weight = batch["weight"].to(features.dtype).unsqueeze(1)
