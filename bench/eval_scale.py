@@ -32,12 +32,12 @@ def run_streaming(n: int, d: int) -> dict:
     import numpy as np
 
     from xmcore.data import Split
-    from xmcore.evaluation import normalize_, rank_both_directions
+    from xmcore.evaluation import normalize_, rank_directions
 
     images, texts = (normalize_(e) for e in make(n, d))  # as `xmcore evaluate --embeddings` loads them
     split = Split(("image", "text"), {"image": range(n), "text": range(n)}, np.arange(n))
     start = time.perf_counter()
-    rankings = rank_both_directions({"image": images, "text": texts}, split)
+    rankings = rank_directions({"image": images, "text": texts}, split)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "R@1": float(np.mean(rankings["i2t"].ranks <= 1)),
             "R@10": float(np.mean(rankings["i2t"].ranks <= 10))}

@@ -18,7 +18,7 @@ from torchmetrics.retrieval import (
 )
 
 from xmcore.data import Split
-from xmcore.evaluation import compute_metrics, rank_both_directions
+from xmcore.evaluation import compute_metrics, rank_directions
 from xmcore.plugins import load_plugins
 from xmcore.testing import build
 
@@ -74,7 +74,7 @@ def clip_benchmark_recall(scores, relevant, k):
 def test_metrics_match_torchmetrics(seed, images, captions, ties, with_labels):
     labels = np.arange(images) % 4 if with_labels else None
     split, emb = make_case(seed, images, captions, ties, labels)
-    ours = compute_metrics(rank_both_directions(emb, split), metrics())
+    ours = compute_metrics(rank_directions(emb, split), metrics())
 
     normed = {m: torch.nn.functional.normalize(e.float(), dim=-1) for m, e in emb.items()}
     for d, (q, gal) in {"i2t": ("image", "text"), "t2i": ("text", "image")}.items():
@@ -103,7 +103,7 @@ def test_map_at_r_by_hand():
 
 def test_modality_gap():
     gap = lambda emb, split: compute_metrics(  # noqa: E731
-        rank_both_directions(emb, split), [build(PLUGINS["metric"].get("modality-gap"))])["gap"]
+        rank_directions(emb, split), [build(PLUGINS["metric"].get("modality-gap"))])["gap"]
     # by hand: the embeddings are normalised first -- images (1,0), (0,1); texts (.6,.8), (0,-1) --
     # then the centroids (.5,.5) and (.3,-.1) are sqrt(.2^2 + .6^2) = sqrt(.4) apart
     split = Split(("image", "text"), {"image": [0, 1], "text": [0, 1]}, np.array([0, 1]))
@@ -127,7 +127,7 @@ def test_evaluate_embeddings_cli(tmp_path, capfd):
     result = cli(capfd, "evaluate", "--embeddings", tmp_path / "e.npz", "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     values = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    expected = compute_metrics(rank_both_directions(emb, split), metrics())
+    expected = compute_metrics(rank_directions(emb, split), metrics())
     for key in ("i2t/R@1", "t2i/R@5", "i2t/medR", "i2t/mAP"):
         assert values[key] == pytest.approx(expected[key])
     assert "gap" in values and "t2i/NDCG@10" in values and (tmp_path / "out" / "metrics.md").is_file()

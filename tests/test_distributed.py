@@ -100,7 +100,7 @@ def evaluation_worker(rank, port, out):
 def validation_metrics():
     from conftest import ROOT
     from xmcore.callbacks import embed_items
-    from xmcore.evaluation import compute_metrics, rank_both_directions
+    from xmcore.evaluation import compute_metrics, rank_directions
     from xmcore.recipe import load_recipe, validate
     from xmcore.run import assemble
 
@@ -115,7 +115,7 @@ def validation_metrics():
     module.eval()
     split = built.data.splits["val"]
     embeddings = embed_items(module, split.modalities, datamodule.item_dataloaders("val"))
-    return compute_metrics(rank_both_directions(embeddings, split), built.metrics)
+    return compute_metrics(rank_directions(embeddings, split), built.metrics)
 
 
 def test_evaluation_split_over_two_processes_equals_one_process(tmp_path):

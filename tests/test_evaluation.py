@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from xmcore.data import Split
-from xmcore.evaluation import compute_metrics, first_relevant_ranks, metrics_table, rank_both_directions
+from xmcore.evaluation import compute_metrics, first_relevant_ranks, metrics_table, rank_directions
 from xmcore.plugins import load_plugins
 from xmcore.testing import build
 
@@ -19,7 +19,7 @@ def test_hand_computed_ranks():
     texts = unit([1, 0.1], [0.9, 0.5], [0.2, 1], [1, -0.2])
     owner = np.array([0, 1, 1, 0])  # image 1 owns texts 1 and 2
     split = Split(("image", "text"), {"image": [0, 1], "text": ["a", "b", "c", "d"]}, owner)
-    r = rank_both_directions({"image": images, "text": texts}, split)
+    r = rank_directions({"image": images, "text": texts}, split)
     # image 0: own texts 0 (1st) and 3 -> rank 1.  image 1: scores c > b > a > d -> text 2 is first -> rank 1
     assert r["i2t"].ranks.tolist() == [1, 1]
     # text 1 ([.9,.5]) is closer to image 0 than to its own image 1 -> rank 2
@@ -75,7 +75,7 @@ def test_recall_matches_torchmetrics_hit_rate(captions):
     owner = torch.arange(n).repeat_interleave(captions)
     texts = images[owner] + 1.5 * torch.randn(len(owner), 16, generator=g)
     split = Split(("image", "text"), {"image": list(range(n)), "text": list(range(len(owner)))}, owner.numpy())
-    rankings = rank_both_directions({"image": images, "text": texts}, split)
+    rankings = rank_directions({"image": images, "text": texts}, split)
     metrics = compute_metrics(rankings, [build(load_plugins()["metric"].get("recall"))])
 
     scores = unit(*images.tolist()) @ unit(*texts.tolist()).T

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import pytorch_lightning as pl
 import torch
 
-from xmcore.evaluation import compute_metrics, rank_both_directions
+from xmcore.evaluation import compute_metrics, rank_directions
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -33,7 +33,7 @@ class RetrievalValidation(pl.Callback):
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         embeddings = embed_items(module, self.split.modalities, self.loaders())
-        values = compute_metrics(rank_both_directions(embeddings, self.split), self.metrics)
+        values = compute_metrics(rank_directions(embeddings, self.split), self.metrics)
         for key, value in values.items():
             module.log(f"val/{key}", value, prog_bar=key == "rsum")
 
@@ -93,5 +93,5 @@ def metric_ids(metrics: list) -> list[str]:
     owner = np.array([0, 0, 1, 2])
     split = Split(("image", "text"), {"image": range(3), "text": range(4)}, owner)
     g = torch.Generator().manual_seed(0)
-    rankings = rank_both_directions({"image": torch.randn(3, 4, generator=g), "text": torch.randn(4, 4, generator=g)}, split)
+    rankings = rank_directions({"image": torch.randn(3, 4, generator=g), "text": torch.randn(4, 4, generator=g)}, split)
     return list(compute_metrics(rankings, metrics))

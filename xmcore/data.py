@@ -1,10 +1,13 @@
 """The data model every dataset plugin returns, and the torch datasets built on it.
 
-A :class:`Split` holds items of two modalities.  The first modality's items are
-the *owners* (images); each item of the second modality (a caption) belongs to
-one owner, ``owner[j]``.  Several captions per image is the normal case in
-this field (Flickr30k and COCO have five).  Modalities are plain names, so a
-dataset of audio clips and captions has the same shape.
+A :class:`Split` holds items of two or more modalities.  The first modality's
+items are the *owners* (images); each item of the other, *member* modalities (a
+caption) belongs to one owner, ``owner[j]``.  Several captions per image is the
+normal case in this field (Flickr30k and COCO have five).  With more than one
+member modality the members are aligned: item ``j`` of each is the same member
+in another form (caption ``j`` as text and as speech), so one ``owner`` array
+serves them all.  Modalities are plain names, so a dataset of sound clips and
+captions has the same shape.
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ import numpy as np
 
 @dataclass
 class Split:
-    modalities: tuple[str, str]  # (owner modality, member modality), e.g. ("image", "text")
+    modalities: tuple[str, ...]  # (owner modality, member modalities...), e.g. ("image", "text")
     items: dict[str, Sequence[Any]]  # modality -> raw items (PIL images, strings, ...)
-    owner: np.ndarray  # owner[j]: index of the first-modality item that item j of the second belongs to
+    owner: np.ndarray  # owner[j]: index of the first-modality item that member j (of every member modality) belongs to
     labels: np.ndarray | None = None  # optional class id per owner item
     relevance: str = "owner"  # "owner": a caption is relevant to its own image; "label": to every item of its class
-    member_labels: np.ndarray | None = None  # class ids of the second modality's items, when not their owner's
+    member_labels: np.ndarray | None = None  # class ids of the members, when not their owner's
 
     def __post_init__(self) -> None:
         self.owner = np.asarray(self.owner, dtype=np.int64)
@@ -36,20 +39,29 @@ class Split:
                 raise ValueError("labels must have one entry per item of the first modality")
         if self.relevance not in ("owner", "label") or (self.relevance == "label" and self.labels is None):
             raise ValueError("relevance must be 'owner', or 'label' with labels given")
-        first, second = self.modalities
-        if set(self.items) != {first, second}:
+        self.modalities = tuple(self.modalities)
+        if len(self.modalities) < 2 or len(set(self.modalities)) != len(self.modalities):
+            raise ValueError(f"a split needs two or more different modalities, got {self.modalities}")
+        first = self.modalities[0]
+        if set(self.items) != set(self.modalities):
             raise ValueError(f"split items must have exactly the modalities {self.modalities}, got {sorted(self.items)}")
-        if len(self.owner) != len(self.items[second]):
-            raise ValueError(f"owner has {len(self.owner)} entries for {len(self.items[second])} {second} items")
+        for member in self.members:
+            if len(self.owner) != len(self.items[member]):
+                raise ValueError(f"owner has {len(self.owner)} entries for {len(self.items[member])} {member} items")
         if len(self.owner) and (self.owner.min() < 0 or self.owner.max() >= len(self.items[first])):
             raise ValueError(f"owner indices must lie in [0, {len(self.items[first])})")
 
     def __len__(self) -> int:
         return len(self.owner)
 
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The member modalities: every modality but the owners'."""
+        return self.modalities[1:]
+
     def groups(self, modality: str) -> np.ndarray:
         """Relevance group of each item of ``modality``: an item is relevant to those of the same group."""
-        first, second = self.modalities
+        first = self.modalities[0]
         if self.relevance == "label":
             if modality == first:
                 return self.labels
@@ -57,21 +69,39 @@ class Split:
         return np.arange(len(self.items[first])) if modality == first else self.owner
 
     def subset(self, keep_first: np.ndarray, keep_second: np.ndarray) -> "Split":
-        """The split restricted to the kept items (boolean masks), owners re-indexed."""
-        first, second = self.modalities
+        """The split restricted to the kept owners and members (boolean masks), owners re-indexed."""
+        first = self.modalities[0]
         keep_second = keep_second & keep_first[self.owner]
         new_index = np.cumsum(keep_first) - 1
+        items = {first: [x for x, k in zip(self.items[first], keep_first) if k]}
+        items.update({m: [x for x, k in zip(self.items[m], keep_second) if k] for m in self.members})
         return Split(
             self.modalities,
-            {
-                first: [x for x, k in zip(self.items[first], keep_first) if k],
-                second: [x for x, k in zip(self.items[second], keep_second) if k],
-            },
+            items,
             new_index[self.owner[keep_second]],
             None if self.labels is None else self.labels[keep_first],
             self.relevance,
             None if self.member_labels is None else self.member_labels[keep_second],
         )
+
+    def select(self, modalities: Sequence[str]) -> "Split":
+        """The split with only ``modalities`` (two or more of its own), relevance unchanged.
+
+        Without the owner modality the first one named becomes the owner, one per member, and the old
+        owners (or their classes) become class labels: a speech clip stays relevant to every caption of
+        its picture, as in the full split."""
+        modalities = tuple(modalities)
+        unknown = [m for m in modalities if m not in self.modalities]
+        if unknown or len(modalities) < 2 or len(set(modalities)) != len(modalities):
+            raise ValueError(f"cannot select {list(modalities)} from a split of {list(self.modalities)}: name two or more of its modalities")
+        if modalities[0] == self.modalities[0]:
+            return Split(modalities, {m: self.items[m] for m in modalities}, self.owner, self.labels, self.relevance,
+                         self.member_labels)
+        if self.modalities[0] in modalities:
+            raise ValueError(f"name the owner modality '{self.modalities[0]}' first, or leave it out")
+        groups = self.groups(modalities[0])
+        return Split(modalities, {m: self.items[m] for m in modalities}, np.arange(len(self.owner)),
+                     labels=groups, relevance="label")
 
 
 @dataclass
@@ -81,7 +111,7 @@ class RetrievalData:
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def modalities(self) -> tuple[str, str]:
+    def modalities(self) -> tuple[str, ...]:
         return next(iter(self.splits.values())).modalities
 
 
@@ -154,9 +184,9 @@ def clean_split(split: Split, workers: int = 8) -> tuple[Split, dict[str, Any]]:
     Returns the cleaned split and a report: items used and skipped per modality,
     a count per reason, and every skipped item with its reason.
     """
-    first, second = split.modalities
-    firsts, seconds = split.items[first], split.items[second]
-    checks = [x for x in firsts if isinstance(x, LazyItem)]
+    first, members = split.modalities[0], split.members
+    firsts = split.items[first]
+    checks = [x for m in split.modalities for x in split.items[m] if isinstance(x, LazyItem)]
     with ThreadPoolExecutor(max_workers=workers) as pool:  # decoding releases the GIL
         verdicts = dict(zip(map(id, checks), pool.map(lambda x: x.check(), checks)))
     problems: list[dict[str, str]] = []
@@ -166,17 +196,19 @@ def clean_split(split: Split, workers: int = 8) -> tuple[Split, dict[str, Any]]:
         if reason:
             keep_first[i] = False
             problems.append({"modality": first, "item": str(item), "reason": reason})
-    keep_second = np.ones(len(seconds), dtype=bool)
-    for j, text in enumerate(seconds):
-        reason = _text_problem(text) if second == "text" else None
-        if reason:
-            keep_second[j] = False
-            problems.append({"modality": second, "item": f"{second} {j} of {firsts[split.owner[j]]}", "reason": reason})
+    keep_second = np.ones(len(split.owner), dtype=bool)
+    for member in members:
+        for j, item in enumerate(split.items[member]):
+            reason = _text_problem(item) if member == "text" else verdicts.get(id(item))
+            if reason and keep_second[j]:  # one problem per member, in whichever of its forms it shows first
+                keep_second[j] = False
+                shown = item if isinstance(item, LazyItem) else f"{member} {j}"
+                problems.append({"modality": member, "item": f"{shown} of {firsts[split.owner[j]]}", "reason": reason})
     has_caption = np.zeros(len(firsts), dtype=bool)
     has_caption[split.owner[keep_second]] = True
     for i in np.flatnonzero(keep_first & ~has_caption):
         keep_first[i] = False
-        problems.append({"modality": first, "item": str(firsts[i]), "reason": f"no usable {second}"})
+        problems.append({"modality": first, "item": str(firsts[i]), "reason": f"no usable {' or '.join(members)}"})
     cleaned = split.subset(keep_first, keep_second)
     reasons = Counter(p["reason"].split(" (")[0] for p in problems)
     report = {
@@ -235,8 +267,9 @@ def loss_groups(split: Split, group_by: str) -> np.ndarray:
 
 
 class PairDataset:
-    """Training pairs: one per second-modality item with its owner (a caption and its image), or with
-    ``sample_members``, one per owner with one of its members drawn at random (caption sampling)."""
+    """Training pairs: one per member (a caption) with its owner (its image) -- with several member
+    modalities, the member in each of its forms -- or with ``sample_members``, one per owner with one of
+    its members drawn at random (caption sampling)."""
 
     def __init__(
         self,
@@ -266,12 +299,14 @@ class PairDataset:
         return self.preprocess[modality](item)
 
     def __getitem__(self, j: int) -> dict[str, Any]:
-        first, second = self.split.modalities
+        first = self.split.modalities[0]
         if self.members is not None:  # j is an owner; draw one of its members
             i, j = j, int(random.choice(self.members[j]))
         else:
             i = int(self.split.owner[j])
-        return {first: self._item(first, i), second: self._item(second, j), "group": int(self.groups[i])}
+        out = {first: self._item(first, i), "group": int(self.groups[i])}
+        out.update({m: self._item(m, j) for m in self.split.members})
+        return out
 
 
 class ItemDataset:

@@ -11,6 +11,10 @@ belongs to one A item (a caption to its image)::
     A_labels, B_labels N and M        optional class labels (integers or strings): then an item is
                                       relevant to every item of the other modality with its label
 
+A split of more modalities names them all (``["A", "B", "C"]``); each member modality after the first
+has its rows and its ``C_to_A`` array (equal to ``B_to_A``: row j of B and of C is the same member in
+two forms), and with labels every modality has its ``_labels``.
+
 So a file written by hand with ``image``, ``text`` and ``text_to_image`` is this format.  Run
 directories written before this format (``emb_A``, ``groups_A``, ``owner``) are still read.
 
@@ -47,14 +51,15 @@ def save_embeddings(path: str | Path, embeddings: Mapping[str, Any], split) -> P
     """Write ``embeddings`` (modality -> rows, in the split's item order) and the split's relevance."""
     from xmcore.io import atomic_write_bytes
 
-    first, second = split.modalities
-    arrays: dict[str, np.ndarray] = {"modalities": np.array([first, second])}
-    for m in (first, second):
+    first = split.modalities[0]
+    arrays: dict[str, np.ndarray] = {"modalities": np.array(list(split.modalities))}
+    for m in split.modalities:
         arrays[m] = np.asarray(embeddings[m], dtype=np.float32)
-    arrays[f"{second}_to_{first}"] = np.asarray(split.owner, dtype=np.int64)
+    for m in split.members:
+        arrays[f"{m}_to_{first}"] = np.asarray(split.owner, dtype=np.int64)
     if split.relevance == "label":
-        arrays[f"{first}_labels"] = np.asarray(split.groups(first))
-        arrays[f"{second}_labels"] = np.asarray(split.groups(second))
+        for m in split.modalities:
+            arrays[f"{m}_labels"] = np.asarray(split.groups(m))
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return atomic_write_bytes(path, buf.getvalue())
@@ -72,7 +77,8 @@ def load_embeddings(path: str | Path, what: str = "--embeddings") -> EmbeddingsF
     arrays = _read(path, fail)
     if "modalities" in arrays and any(k.startswith("emb_") for k in arrays):
         return _legacy(arrays, fail)
-    first, second = _modalities(arrays, fail)
+    names = _modalities(arrays, fail)
+    first, second = names[0], names[1]
     owner_key = f"{second}_to_{first}"
     label_keys = (f"{first}_labels", f"{second}_labels")
     missing = [k for k in (first, second, owner_key) if k not in arrays]
@@ -94,7 +100,39 @@ def load_embeddings(path: str | Path, what: str = "--embeddings") -> EmbeddingsF
         raise fail(f"has '{present[0]}' but no '{(set(label_keys) - set(present)).pop()}'; give both label arrays, or neither")
     labels = _labels(arrays, label_keys, (n, m), fail) if present else None
     _check_every_query_has_an_answer(n, owner, labels, (first, second), owner_key, label_keys, fail)
-    return EmbeddingsFile(_split(first, second, n, m, owner, labels), emb)
+    split = _split(first, second, n, m, owner, labels)
+    if len(names) > 2:
+        split, emb = _more_members(arrays, names, split, emb, fail)
+    return EmbeddingsFile(split, emb)
+
+
+def _more_members(arrays, names, split, emb, fail):
+    """The third and later modalities: rows aligned with the second's (same ``_to_`` array)."""
+    from xmcore.data import Split
+
+    first, second = names[0], names[1]
+    owner_key = f"{second}_to_{first}"
+    member_labels = split.member_labels
+    for name in names[2:]:
+        key = f"{name}_to_{first}"
+        if name not in arrays or key not in arrays:
+            raise fail(f"names modality '{name}' but has no array '{name}' or '{key}'; give both, or drop '{name}' "
+                       "from 'modalities'")
+        emb[name] = _embedding_array(arrays[name], name, fail)
+        if emb[name].shape[1] != emb[first].shape[1]:
+            raise fail(f"array '{name}' has {emb[name].shape[1]} columns, '{first}' {emb[first].shape[1]}: one common space")
+        if arrays[key].shape != arrays[owner_key].shape or not np.array_equal(arrays[key], arrays[owner_key]):
+            raise fail(f"array '{key}' differs from '{owner_key}': row j of every member modality must be the same "
+                       "member (a caption as text and as speech); write the members in one order")
+        if split.relevance == "label":
+            label_key = f"{name}_labels"
+            if label_key not in arrays:
+                raise fail(f"has labels for '{first}' and '{second}' but no '{label_key}'; give every modality's labels, or none")
+            theirs = np.asarray(arrays[label_key])
+            if theirs.shape != (len(split.owner),) or not np.array_equal(theirs.astype(str), np.asarray(arrays[f"{second}_labels"]).astype(str)):
+                raise fail(f"array '{label_key}' differs from '{second}_labels': aligned members have the same labels")
+    items = {m: range(len(emb[m])) for m in names}
+    return Split(tuple(names), items, split.owner, split.labels, split.relevance, member_labels), emb
 
 
 def _read(path: Path, fail) -> dict[str, np.ndarray]:
@@ -116,13 +154,14 @@ def _read(path: Path, fail) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _modalities(arrays: dict[str, np.ndarray], fail) -> tuple[str, str]:
+def _modalities(arrays: dict[str, np.ndarray], fail) -> tuple[str, ...]:
     if "modalities" not in arrays:
         return DEFAULT_MODALITIES
     names = arrays["modalities"]
-    if names.shape != (2,) or names.dtype.kind not in "US" or len({str(x) for x in names}) != 2 or not all(str(x) for x in names):
-        raise fail(f"array 'modalities' must hold two different names, e.g. ['image', 'text']; it holds {names.tolist()!r}")
-    return str(names[0]), str(names[1])
+    if (names.ndim != 1 or len(names) < 2 or names.dtype.kind not in "US" or len({str(x) for x in names}) != len(names)
+            or not all(str(x) for x in names)):
+        raise fail(f"array 'modalities' must hold two or more different names, e.g. ['image', 'text']; it holds {names.tolist()!r}")
+    return tuple(str(x) for x in names)
 
 
 def _embedding_array(a: np.ndarray, name: str, fail) -> np.ndarray:
@@ -209,7 +248,7 @@ def _split(first: str, second: str, n: int, m: int, owner, labels):
 
 def _legacy(arrays: dict[str, np.ndarray], fail) -> EmbeddingsFile:
     """A run directory's embeddings.npz from before this format: emb_A, groups_A, owner, modalities."""
-    first, second = _modalities(arrays, fail)
+    first, second = _modalities(arrays, fail)[:2]
     needed = [f"emb_{first}", f"emb_{second}", f"groups_{first}", f"groups_{second}", "owner"]
     missing = [k for k in needed if k not in arrays]
     if missing:

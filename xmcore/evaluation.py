@@ -23,8 +23,13 @@ import numpy as np
 import torch
 
 from xmcore.data import Split
+from xmcore.errors import XmcoreError
 
 Metric = Callable[[Mapping[str, "Ranking"]], dict[str, float]]
+
+
+class ModalityNameClash(XmcoreError):
+    """Two modalities whose direction ids would be the same (same first letter)."""
 
 
 class NonFiniteEmbeddings(ValueError):
@@ -83,7 +88,28 @@ def normalize_(emb: torch.Tensor) -> torch.Tensor:
 
 
 def direction_name(query_modality: str, gallery_modality: str) -> str:
+    """A direction's id: the first letters of the query's and the gallery's modality (``i2t``, ``t2a``)."""
     return f"{query_modality[0]}2{gallery_modality[0]}"
+
+
+def directions(modalities) -> list[tuple[str, str]]:
+    """Every (query, gallery) modality pair of a split, in order: for each pair of modalities, the first
+    as query and then the second (``i2t``, ``t2i``; then ``i2a``, ``a2i``, ``t2a``, ``a2t`` with a third).
+
+    Direction ids are first letters, so two modalities with the same first letter cannot be told apart:
+    :class:`ModalityNameClash`, naming both."""
+    modalities = list(modalities)
+    initials: dict[str, str] = {}
+    for m in modalities:
+        if not m:
+            raise ModalityNameClash("a modality needs a name; got an empty one")
+        if m[0] in initials:
+            raise ModalityNameClash(
+                f"modalities '{initials[m[0]]}' and '{m}' start with the same letter, so their retrieval directions "
+                f"(e.g. '{direction_name(initials[m[0]], m)}') cannot be told apart; rename one of them"
+            )
+        initials[m[0]] = m
+    return [d for k, a in enumerate(modalities) for b in modalities[k + 1:] for d in ((a, b), (b, a))]
 
 
 def _check_finite(**embeddings: torch.Tensor) -> None:
@@ -161,21 +187,25 @@ def first_relevant_ranks(queries, gallery, query_groups, gallery_groups, block_e
     return rank(queries, gallery, query_groups, gallery_groups, block_elements=block_elements).ranks
 
 
-def rank_both_directions(
+def rank_directions(
     embeddings: Mapping[str, torch.Tensor], split: Split, block_elements: int = 2**24
 ) -> Rankings:
-    """Rankings for first->second and second->first modality (``i2t`` and ``t2i``)."""
-    a, b = split.modalities
-    _check_finite(**{m: embeddings[m] for m in (a, b)})
-    normalised = {m: _unit(embeddings[m]) for m in (a, b)}
-    groups = {m: split.groups(m) for m in (a, b)}
+    """Rankings for every direction between the split's modalities (:func:`directions`): ``i2t`` and
+    ``t2i`` for an image/text split."""
+    pairs = directions(split.modalities)
+    _check_finite(**{m: embeddings[m] for m in split.modalities})
+    normalised = {m: _unit(embeddings[m]) for m in split.modalities}
+    groups = {m: split.groups(m) for m in split.modalities}
     out = {}
-    for query, gallery in ((a, b), (b, a)):
+    for query, gallery in pairs:
         name = direction_name(query, gallery)
         out[name] = rank(
             normalised[query], normalised[gallery], groups[query], groups[gallery], name, block_elements, normalized=True
         )
     return Rankings(out, normalised)
+
+
+rank_both_directions = rank_directions  # the name before splits could hold more than two modalities
 
 
 def compute_metrics(rankings: Mapping[str, Ranking], metrics: list[Metric]) -> dict[str, float]:

@@ -34,12 +34,13 @@ class RetrievalModule(pl.LightningModule):
         encoders: Mapping[str, Encoder],
         fusion: Fusion,
         loss: nn.Module | None,
-        modalities: tuple[str, str],
+        modalities: tuple[str, ...],
         optimizer: Mapping[str, Any],
         frozen: set[str] = frozenset(),
         precomputed: set[str] = frozenset(),
         extra_checkpoint: Mapping[str, Any] | None = None,
         extra_losses: list[tuple[str, float, nn.Module]] = (),
+        pairs: list[tuple[str, str]] | None = None,
     ):
         super().__init__()
         self.encoders = nn.ModuleDict(dict(encoders))
@@ -50,7 +51,9 @@ class RetrievalModule(pl.LightningModule):
         names = [name for name, _, _ in extra_losses]
         self.extra_names = [f"{n}_loss" if names.count(n) == 1 else f"{n}_{i}_loss" for i, n in enumerate(names)]
         self.extra_weights = [float(w) for _, w, _ in extra_losses]
-        self.modalities = modalities
+        self.modalities = tuple(modalities)
+        # the modality pairs the losses train (recipe key loss.pairs); by default the owners with each other
+        self.pairs = [tuple(p) for p in pairs] if pairs else [(self.modalities[0], m) for m in self.modalities[1:]]
         self.optimizer_cfg = dict(optimizer)
         self.frozen = set(frozen)
         self.precomputed = set(precomputed)  # modalities whose batches already hold the frozen encoder's features
@@ -81,11 +84,17 @@ class RetrievalModule(pl.LightningModule):
         return nn.functional.normalize(fused, dim=-1)
 
     def pair_loss(self, emb: Mapping[str, torch.Tensor], groups: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The retrieval loss and each ``loss.extra`` objective (unweighted), over the pairs of every
-        process (negatives from the global batch)."""
-        a, b = self.modalities
-        ea, eb, g = gather_with_grad(emb[a]), gather_with_grad(emb[b]), gather(groups)
-        return self.loss(ea, eb, g), {n: fn(ea, eb, g) for n, fn in zip(self.extra_names, self.extra_losses)}
+        """The retrieval loss and each ``loss.extra`` objective (unweighted), summed over the trained
+        modality pairs, over the pairs of every process (negatives from the global batch)."""
+        g = gather(groups)
+        gathered = {m: gather_with_grad(emb[m]) for m in dict.fromkeys(m for p in self.pairs for m in p)}
+        loss, extras = 0.0, dict.fromkeys(self.extra_names, 0.0)
+        for a, b in self.pairs:
+            ea, eb = gathered[a], gathered[b]
+            loss = loss + self.loss(ea, eb, g)
+            for name, fn in zip(self.extra_names, self.extra_losses):
+                extras[name] = extras[name] + fn(ea, eb, g)
+        return loss, extras
 
     def _step(self, batch: Mapping[str, Any], stage: str) -> torch.Tensor:
         emb = {m: self.embed(m, batch[m]) for m in self.modalities}

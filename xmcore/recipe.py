@@ -64,6 +64,12 @@ class DataSection(ComponentSection):
         description="each epoch visits every image once with one of its captions drawn at random "
         "(instead of every caption once)",
     )
+    modalities: list[str] | None = Field(
+        None,
+        min_length=2,
+        description="use only these of the dataset's modalities (two or more), e.g. [text, audio] of a dataset "
+        "of pictures with spoken and written captions; default: all of them",
+    )
 
 
 class EncoderSection(ComponentSection):
@@ -89,6 +95,12 @@ class LossSection(ComponentSection):
         default_factory=list,
         description="more objectives added to the retrieval loss, each a registered loss with a weight, "
         "e.g. [{name: label-ce, weight: 1.0}]",
+    )
+    pairs: list[tuple[str, str]] | None = Field(
+        None,
+        description="the modality pairs trained into the common space, losses summed over them, e.g. "
+        "[[image, text], [image, audio]]; default: the dataset's first modality with each of the others. "
+        "Evaluation reports every direction among the modalities, trained or not",
     )
 
 
@@ -386,6 +398,12 @@ def validate(loaded: LoadedRecipe, plugins) -> Recipe:
     elif recipe.data._component is not None and recipe.data.component.modalities:
         provided = recipe.data.component.modalities
         source = f"dataset '{recipe.data.name}' provides {', '.join(provided)}"
+        if recipe.data.modalities:
+            unknown = [m for m in recipe.data.modalities if m not in provided]
+            if unknown:
+                problems.append(f"data.modalities: {source}, not {', '.join(unknown)}")
+            provided = [m for m in recipe.data.modalities if m in provided]
+            source = f"data.modalities uses {', '.join(provided)}"
         problems += [f"encoders.{m}: missing; {source}: add encoders.{m}.name: ..." for m in provided if m not in recipe.encoders]
         problems += [f"encoders.{m}: {source}, not {m}: remove it" for m in recipe.encoders if m not in provided]
         problems += [f"augment.{m}: {source}, not {m}" for m in recipe.augment if m not in provided]

@@ -7,7 +7,7 @@ The run directory holds::
     environment.json   versions of xmcore, each plugin used, torch, Lightning, timm, ...
     logs/metrics.csv   losses and values logged during training (Lightning's CSVLogger)
     checkpoints/       best.ckpt (best validation score by eval.monitor: rsum by default) and last.ckpt
-    metrics.json       {"i2t/R@1": ..., ..., "rsum": ...}
+    metrics.json       {"i2t/R@1": ..., ..., "rsum": ...}  (every direction among the modalities)
     metrics.md         the same as a table
     report.md          the metrics and figures: curves, recall_at_k, projection, gallery (.png)
     embeddings.npz     the evaluated split's embeddings (xmcore.embeddings; ``xmcore report`` redraws from them)
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from xmcore.errors import RunError, XmcoreError
-from xmcore.evaluation import NonFiniteEmbeddings, compute_metrics, metrics_table, rank_both_directions
+from xmcore.evaluation import NonFiniteEmbeddings, compute_metrics, metrics_table, rank_directions
 from xmcore.io import atomic_write_text, write_json, write_yaml
 from xmcore.plugins import Plugins
 from xmcore.recipe import Recipe
@@ -108,6 +108,8 @@ def build_data(recipe: Recipe, base_dir: Path, run_dir: Path | None = None):
     section = recipe.data
     data = section.component.build(section.params, BuildContext(seed=recipe.seed, base_dir=base_dir))
     source = f"dataset '{section.name}'" + (f" ({data.description})" if data.description else "")
+    if section.modalities:
+        data.splits = {name: _select(split, section.modalities, source) for name, split in data.splits.items()}
     reports = {}
     for name, split in list(data.splits.items()):
         data.splits[name], reports[name] = clean_split(split)
@@ -129,7 +131,40 @@ def build_data(recipe: Recipe, base_dir: Path, run_dir: Path | None = None):
     return data
 
 
+def _select(split, modalities, source: str):
+    try:
+        return split.select(modalities)
+    except ValueError as exc:
+        raise XmcoreError(f"data.modalities: {source}: {exc}") from None
+
+
+def training_pairs(recipe: Recipe, modalities) -> list[tuple[str, str]]:
+    """The modality pairs the losses train (``loss.pairs``, checked against the data's modalities); by
+    default the first modality (the owners) with each of the others."""
+    if not recipe.loss.pairs:
+        return [(modalities[0], m) for m in modalities[1:]]
+    pairs = [tuple(p) for p in recipe.loss.pairs]
+    for a, b in pairs:
+        unknown = [m for m in (a, b) if m not in modalities]
+        if unknown or a == b:
+            raise XmcoreError(
+                f"loss.pairs: [{a}, {b}] must name two different modalities of the data "
+                f"({', '.join(modalities)})" + (f"; it has no {', '.join(unknown)}" if unknown else "")
+            )
+    untrained = [m for m in modalities if not any(m in p for p in pairs)]
+    if untrained:
+        raise XmcoreError(
+            f"loss.pairs: {', '.join(untrained)} is in no pair, so its encoder would never train; add a pair "
+            f"with it, or leave it out with data.modalities=[{','.join(m for m in modalities if m not in untrained)}]"
+        )
+    return pairs
+
+
 def _check_data(recipe: Recipe, data, source: str) -> None:
+    from xmcore.evaluation import directions
+
+    directions(data.modalities)  # refuses two modalities whose direction ids would clash
+    training_pairs(recipe, data.modalities)
     missing = [s for s in ("train", recipe.eval.split) if s not in data.splits]
     if missing:
         raise XmcoreError(f"{source} has no split {', '.join(map(repr, missing))}; it has: {', '.join(data.splits)}")
@@ -295,6 +330,7 @@ def assemble(recipe: Recipe, base_dir: Path, run_dir: Path | None, training: boo
         loss=built.loss,
         extra_losses=built.extra_losses,
         modalities=modalities,
+        pairs=training_pairs(recipe, modalities),
         optimizer=recipe.optimizer.model_dump(),
         frozen=frozen,
         precomputed=precomputed,
@@ -323,7 +359,7 @@ def evaluate_and_write(module, datamodule, built: Built, recipe: Recipe, out_dir
     split = built.data.splits[recipe.eval.split]
     embeddings = embed_split(module, datamodule, recipe, split, checkpoint)
     try:
-        rankings = rank_both_directions(embeddings, split)
+        rankings = rank_directions(embeddings, split)
     except NonFiniteEmbeddings as exc:
         raise RunError(
             f"evaluation: {exc}: the model diverged (see val/loss in the run's logs/metrics.csv); "

@@ -199,13 +199,13 @@ def check_metric(component: Component) -> None:
     import torch
 
     from xmcore.data import Split
-    from xmcore.evaluation import rank_both_directions
+    from xmcore.evaluation import rank_directions
 
     g = torch.Generator().manual_seed(0)
     owner = np.repeat(np.arange(6), 2)
     split = Split(("image", "text"), {"image": list(range(6)), "text": list(range(12))}, owner)
     embeddings = {"image": torch.randn(6, 8, generator=g), "text": torch.randn(12, 8, generator=g)}
-    rankings = rank_both_directions(embeddings, split)
+    rankings = rank_directions(embeddings, split)
     metric = build(component)
     values = metric(rankings)
     assert values, "a metric returns at least one value"

@@ -99,7 +99,12 @@ class NDCG:
 
 def modality_gap(rankings: Mapping) -> dict[str, float]:
     embeddings = getattr(rankings, "embeddings", {})
-    if len(embeddings) != 2:
+    if len(embeddings) < 2:
         return {}
-    a, b = (e.mean(dim=0) for e in embeddings.values())
-    return {"gap": float((a - b).norm())}
+    centroids = {m: e.mean(dim=0) for m, e in embeddings.items()}
+    names = list(centroids)
+    gaps = {f"{a[0]}-{b[0]}/gap": float((centroids[a] - centroids[b]).norm())
+            for k, a in enumerate(names) for b in names[k + 1:]}
+    if len(gaps) == 1:
+        return {"gap": next(iter(gaps.values()))}
+    return {**gaps, "gap": sum(gaps.values()) / len(gaps)}  # with three or more modalities: each pair, and their mean
