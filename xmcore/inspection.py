@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from xmcore.data import RetrievalData, clean_split, materialize
+from xmcore.figures import draw_item
 
 
 def summarize(data: RetrievalData, reports: dict[str, dict[str, Any]], examples: int = 3) -> str:
@@ -56,18 +57,6 @@ def inspect(data: RetrievalData) -> tuple[RetrievalData, dict[str, dict[str, Any
     return data, reports
 
 
-def _draw(ax, item: Any) -> None:
-    """An item into a grid cell: its own ``draw(ax)`` if it has one (a plugin's modality), an image as
-    itself, anything else as a note that it has no picture."""
-    draw = getattr(item, "draw", None)
-    if callable(draw):
-        draw(ax)
-    elif (hasattr(item, "mode") and hasattr(item, "size")) or (isinstance(item, np.ndarray) and item.ndim in (2, 3)):
-        ax.imshow(item)
-    else:
-        ax.text(0.5, 0.5, f"({type(item).__name__}: no picture)", ha="center", va="center", fontsize=8)
-
-
 def grid(data: RetrievalData, path: Path, split: str = "train", count: int = 12, columns: int = 4) -> Path:
     """A picture of sample items (images; any item with a ``draw(ax)`` method) with (up to two of) their captions."""
     import matplotlib
@@ -85,7 +74,7 @@ def grid(data: RetrievalData, path: Path, split: str = "train", count: int = 12,
     for ax in axes.flat:
         ax.axis("off")
     for i, ax in zip(range(n), axes.flat):
-        _draw(ax, materialize(s.items[first][i]))
+        draw_item(ax, materialize(s.items[first][i]))
         texts = [str(s.items[second][j]) for j in np.flatnonzero(s.owner == i)[:2]]
         ax.set_title("\n".join(textwrap.fill(t, 34) for t in texts), fontsize=8)
     fig.suptitle(f"{data.description}: {split} split, {n} of {len(s.items[first])} {first} items", fontsize=10)

@@ -5,8 +5,11 @@
   training (when the metrics include the gap, or the fusion has a discriminator);
 * ``recall_at_k.png`` -- R@K for K = 1..100, both directions;
 * ``projection.png`` -- a 2-D PCA of the common space coloured by modality (the modality gap);
-* ``gallery.png`` -- for a few text queries their top-5 images, the correct one framed in green,
-  and for a few images their top-5 captions, the correct ones marked.
+* ``gallery.png`` -- between the split's first two modalities (images and text, say): for a few
+  queries of the second their top-5 items of the first, correct ones framed in green, and for a few
+  of the first their top-5 of the second, correct ones marked.  Any modality can be shown: items are
+  drawn by :func:`xmcore.figures.draw_item` (images as pictures, strings as text, a plugin's item by
+  its own ``draw(ax)``, e.g. a spectrogram).
 
 The embeddings of the evaluated split are kept as ``embeddings.npz`` (:mod:`xmcore.embeddings`) so that
 ``xmcore report`` can draw everything again.
@@ -18,23 +21,17 @@ import csv
 import io
 import textwrap
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from xmcore.evaluation import Rankings, metrics_table
+from xmcore.figures import draw_item
+from xmcore.figures import pyplot as _plt
 from xmcore.io import atomic_write_bytes, atomic_write_text
 
 GREEN, RED, GREY = "#2ca02c", "#d62728", "#7f7f7f"
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+MODALITY_COLOURS = ("#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2")
 
 
 def _save(fig, path: Path) -> str:
@@ -138,72 +135,79 @@ def projection(embeddings: Mapping[str, np.ndarray], path: Path, limit: int = 20
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     coords = centred @ vt[:2].T
     centroids = {m: e.mean(axis=0) for m, e in embeddings.items()}
-    a, b = list(centroids.values())
-    gap = float(np.linalg.norm(a - b))
+    names = list(centroids)
+    gaps = {(a, b): float(np.linalg.norm(centroids[a] - centroids[b]))
+            for n, a in enumerate(names) for b in names[n + 1:]}
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 5))
     start = 0
-    for (m, e), colour in zip(picked.items(), ("#1f77b4", "#ff7f0e")):
+    for n, (m, e) in enumerate(picked.items()):
         xy = coords[start : start + len(e)]
         start += len(e)
-        ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.5, label=m, color=colour)
+        ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.5, label=m, color=MODALITY_COLOURS[n % len(MODALITY_COLOURS)])
     ax.legend()
-    ax.set_title(f"common space, 2-D PCA; modality gap {gap:.3f}")
+    if len(gaps) == 1:
+        ax.set_title(f"common space, 2-D PCA; modality gap {next(iter(gaps.values())):.3f}")
+    else:
+        listed = ", ".join(f"{a}-{b} {gap:.3f}" for (a, b), gap in gaps.items())
+        ax.set_title(f"common space, 2-D PCA; modality gaps\n{listed}", fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
     return _save(fig, path)
 
 
-def gallery(split, embeddings: Mapping[str, np.ndarray], path: Path, queries: int = 4, k: int = 5) -> str | None:
-    """Top-k results for a few queries each way; needs the split's raw items."""
-    from xmcore.data import materialize
-
-    first, second = split.modalities
-    if first != "image" or second != "text":
+def gallery(split, embeddings: Mapping[str, np.ndarray], path: Path, queries: int = 4, k: int = 5,
+            pair: Sequence[str] | None = None) -> str | None:
+    """Top-k results for a few queries each way between two modalities, the split's first two or ``pair``:
+    ``queries`` items of the second against the first's, then three of the first against the second's.
+    Needs the split's raw items; ``None`` when the split or the embeddings lack one of the two."""
+    first, second = pair or split.modalities[:2]
+    if not all(m in embeddings and m in split.items for m in (first, second)):
         return None
-    img, txt = embeddings["image"], embeddings["text"]
     rng = np.random.default_rng(0)
-    text_queries = rng.choice(len(txt), size=min(queries, len(txt)), replace=False)
-    image_queries = rng.choice(len(img), size=min(3, len(img)), replace=False)
-    g_img, g_txt = split.groups("image"), split.groups("text")
+    second_queries = rng.choice(len(embeddings[second]), size=min(queries, len(embeddings[second])), replace=False)
+    first_queries = rng.choice(len(embeddings[first]), size=min(3, len(embeddings[first])), replace=False)
+    plan = [(second, q, first) for q in second_queries] + [(first, q, second) for q in first_queries]
+    groups = {m: split.groups(m) for m in (first, second)}
     plt = _plt()
-    rows = len(text_queries) + len(image_queries)
-    fig, axes = plt.subplots(rows, k + 1, figsize=(2.1 * (k + 1), 2.3 * rows), squeeze=False)
+    fig, axes = plt.subplots(len(plan), k + 1, figsize=(2.1 * (k + 1), 2.3 * len(plan)), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for row, q in enumerate(text_queries):
-        top = np.argsort(-(img @ txt[q]), kind="stable")[:k]
-        axes[row, 0].text(0, 0.5, "\n".join(textwrap.wrap(str(split.items["text"][q]), 24)), fontsize=8, va="center",
-                          transform=axes[row, 0].transAxes)
-        axes[row, 0].set_title("text query", fontsize=8)
-        for col, i in enumerate(top, start=1):
-            ax = axes[row, col]
-            ax.imshow(materialize(split.items["image"][i]))
-            ax.axis("on")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            hit = g_img[i] == g_txt[q]
-            for spine in ax.spines.values():
-                spine.set_edgecolor(GREEN if hit else GREY)
-                spine.set_linewidth(4 if hit else 1)
-            ax.set_title(f"#{col}" + (" correct" if hit else ""), fontsize=8, color=GREEN if hit else "black")
-    for row, i in enumerate(image_queries, start=len(text_queries)):
-        axes[row, 0].imshow(materialize(split.items["image"][i]))
-        axes[row, 0].axis("on")
-        axes[row, 0].set_xticks([])
-        axes[row, 0].set_yticks([])
-        axes[row, 0].set_title("image query", fontsize=8)
-        top = np.argsort(-(txt @ img[i]), kind="stable")[:k]
-        lines = []
-        for rank, j in enumerate(top, start=1):
-            mark = "✓" if g_txt[j] == g_img[i] else "·"
-            lines.append(f"{rank}. {mark} " + textwrap.shorten(str(split.items["text"][j]), 60))
-        axes[row, 1].text(0.05, 0.5, "\n".join(lines), fontsize=8, va="center", transform=axes[row, 1].transAxes)
+    for row, (asked, q, found) in enumerate(plan):
+        if draw_item(axes[row, 0], split.items[asked][q]):
+            _picture_cell(axes[row, 0])
+        axes[row, 0].set_title(f"{asked} query", fontsize=8)
+        top = np.argsort(-(embeddings[found] @ embeddings[asked][q]), kind="stable")[:k]
+        _results(axes[row, 1:], [split.items[found][i] for i in top], groups[found][top] == groups[asked][q])
     fig.suptitle("retrieval examples (green / ✓: a correct result)", fontsize=10)
     # No tight_layout: the long caption lists would shrink the thumbnails to nothing.
     fig.subplots_adjust(left=0.02, right=0.98, top=0.93, bottom=0.02, wspace=0.08, hspace=0.45)
     return _save(fig, path)
+
+
+def _picture_cell(ax, frame: str | None = None) -> None:
+    ax.axis("on")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if frame is not None:
+        for spine in ax.spines.values():
+            spine.set_edgecolor(frame)
+            spine.set_linewidth(4 if frame == GREEN else 1)
+
+
+def _results(axes, items: list, hits: np.ndarray) -> None:
+    """One query's ranked results along a row of axes: strings as one numbered list in the first cell,
+    anything else one per cell, a correct one framed in green."""
+    if all(isinstance(x, str) for x in items):
+        lines = [f"{rank}. {'✓' if hit else '·'} " + textwrap.shorten(x, 60)
+                 for rank, (x, hit) in enumerate(zip(items, hits), start=1)]
+        axes[0].text(0.05, 0.5, "\n".join(lines), fontsize=8, va="center", transform=axes[0].transAxes)
+        return
+    for rank, (ax, x, hit) in enumerate(zip(axes, items, hits), start=1):
+        if draw_item(ax, x):
+            _picture_cell(ax, GREEN if hit else GREY)
+        ax.set_title(f"#{rank}" + (" correct" if hit else ""), fontsize=8, color=GREEN if hit else "black")
 
 
 def write_report(
