@@ -25,11 +25,12 @@ BENCHMARKS = {
     "eval_scale": (["--side-by-side", "5000", "--large", "20000"], []),
     "cli_startup": (["--repeat", "3"], ["--repeat", "5"]),
     "data_throughput": (["--batches", "10"], ["--batches", "30", "--workers", "0,1,2"]),
+    "audio_throughput": (["--batches", "10", "--clips", "100"], ["--batches", "30", "--clips", "500"]),
     "ann": (["--n", "50000"], ["--n", "1000000"]),
     "fusion": ([], ["--full"]),
 }
 # the lines each benchmark prints that hold its result
-RESULT_MARKERS = ("ratio", "faster", "x python", "peak", "streaming", "full matrix", "queries/s", "bar:")
+RESULT_MARKERS = ("ratio", "faster", "x python", "peak", "streaming", "full matrix", "queries/s", "bar:", "ms/clip", "load average")
 
 
 def main(argv: list[str] | None = None) -> int:
