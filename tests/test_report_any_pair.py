@@ -35,6 +35,10 @@ def test_an_audio_run_reports_a_gallery_of_spectrograms(tmp_path, capfd):
     assert picture.format == "PNG"
     # 4 text queries x 5 spectrograms and 3 spectrogram queries: far more colour than captions alone give
     assert magma_pixels(out / "gallery.png") > 20_000, magma_pixels(out / "gallery.png")
+    (out / "gallery.png").unlink()
+    redraw = cli(capfd, "report", out)  # from the run's files and its regenerated clips
+    assert redraw.returncode == 0, redraw.stderr[-3000:]
+    assert magma_pixels(out / "gallery.png") > 20_000
 
 
 def three_modalities(n=6, rate=8000):
