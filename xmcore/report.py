@@ -218,8 +218,10 @@ def write_report(
     embeddings: Mapping[str, np.ndarray],
     split=None,
     log: Path | None = None,
+    pair: Sequence[str] | None = None,
 ) -> Path:
-    """Draw the figures and write ``report.md`` beside them; returns the report's path."""
+    """Draw the figures and write ``report.md`` beside them; returns the report's path.  The gallery shows
+    ``pair`` (two modalities), by default the split's first two."""
     figures = []
     if log is not None and (name := loss_curves(log, out_dir / "curves.png")):
         figures.append(("Training", name))
@@ -227,7 +229,7 @@ def write_report(
         figures.append(("Modality gap and discriminator", name))
     figures.append(("Recall at K", recall_curve(rankings, out_dir / "recall_at_k.png")))
     figures.append(("The common space", projection(embeddings, out_dir / "projection.png")))
-    if split is not None and (name := gallery(split, embeddings, out_dir / "gallery.png")):
+    if split is not None and (name := gallery(split, embeddings, out_dir / "gallery.png", pair=pair)):
         figures.append(("Retrieval examples", name))
     sizes = ", ".join(f"{len(e)} {m}" for m, e in embeddings.items())
     parts = [f"# {title}", "", f"Evaluated on {sizes}.", "", metrics_table(metrics)]
