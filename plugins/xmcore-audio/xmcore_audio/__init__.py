@@ -1,4 +1,4 @@
-"""Audio plugins: the generated dataset ``tones`` and the log-mel encoder ``audio-cnn``.
+"""Audio plugins: the generated datasets ``tones`` and ``spoken-shapes``, and the log-mel encoder ``audio-cnn``.
 
 Audio items are :class:`xmcore_audio.items.Clip` (mono float32 samples and a rate)
 or lazy :class:`xmcore_audio.items.AudioFile` (decoded with soundfile, checked
@@ -44,6 +44,54 @@ class TonesParams(xmcore.Params):
         if bad:
             raise ValueError(f"unknown lengths {bad}; known: {', '.join(DURATION_S)}")
         return self
+
+
+def _spoken_shapes_params():
+    from xmcore_datasets import ShapesParams
+
+    class SpokenShapesParams(ShapesParams):
+        captions_per_image: int = Field(3, ge=1, description="captions written (and spoken) for each image")
+        voices: list[str] = Field(
+            ["en-us", "en-gb", "en-us+f3", "en-gb+f2", "en-029", "en-gb-scotland+m3"],
+            min_length=1,
+            description="espeak-ng voices (with +variants) drawn per caption; list them with `espeak-ng --voices=en`",
+        )
+        speed: tuple[int, int] = Field((140, 190), description="speaking rate range, words per minute")
+        pitch: tuple[int, int] = Field((30, 70), description="pitch range, 0-99")
+        sample_rate: int = Field(16000, ge=8000, description="rate the speech is stored at (Hz)")
+        cache_dir: xmcore.RecipePath | None = Field(
+            None, description="folder of the spoken captions (FLAC); default: speech/ beside the feature cache "
+            "(~/.cache/xmcore, or $XMCORE_CACHE_DIR's parent)")
+        workers: int = Field(2, ge=1, description="espeak-ng processes run at once while synthesising")
+
+        @model_validator(mode="after")
+        def _ranges(self):
+            for name in ("speed", "pitch"):
+                low, high = getattr(self, name)
+                if low > high:
+                    raise ValueError(f"{name}: the low end ({low}) is above the high end ({high})")
+            if not (80 <= self.speed[0] and self.speed[1] <= 450):
+                raise ValueError(f"speed {list(self.speed)}: espeak-ng speaks 80 to 450 words per minute")
+            if not (0 <= self.pitch[0] and self.pitch[1] <= 99):
+                raise ValueError(f"pitch {list(self.pitch)}: espeak-ng's pitch runs from 0 to 99")
+            return self
+
+    return SpokenShapesParams
+
+
+def build_spoken_shapes(params, ctx: xmcore.BuildContext):
+    """The shapes pictures and captions, each caption also spoken by espeak-ng (image, text, audio)."""
+    from xmcore_audio.spoken_shapes import generate
+
+    return generate(params)
+
+
+def _spoken_shapes_test_params():
+    from xmcore_audio.spoken_shapes import espeak
+
+    if espeak() is None:  # a Debian package; CI installs it
+        return None
+    return {"train": 8, "val": 4, "test": 4, "image_size": 32, "captions_per_image": 2}
 
 
 def build_tones(params: TonesParams, ctx: xmcore.BuildContext):
@@ -110,6 +158,13 @@ def xmcore_register_datasets(register):
         params=TonesParams,
         modalities=AUDIO_TEXT,
         test_params={"train": 16, "val": 4, "test": 4, "sample_rate": 8000},
+    )
+    register(
+        "spoken-shapes",
+        build_spoken_shapes,
+        params=_spoken_shapes_params(),
+        modalities=("image", "text", "audio"),
+        test_params=_spoken_shapes_test_params,
     )
 
 
