@@ -14,7 +14,8 @@ QUICKSTART = [r for r in RECIPES if r.stem == "quickstart"][0]
 # Recipes too heavy to train in the suite: validated as written, then trained with these overrides.
 # (VGG16 would train and checkpoint 138M parameters, two ~1.6 GB checkpoints; its encoder's output
 # width is tested by test_components.py::test_vgg16_encoder_reports_its_real_output_width.)
-LIGHTER = {"seed-vgg16-lstm": ["encoders.image.model_name=test_resnet"]}
+LIGHTER = {"seed-vgg16-lstm": ["encoders.image.model_name=test_resnet"],
+           "clotho": ["encoders.audio.model_name=test_efficientnet"]}  # EfficientNet-B0 on 30 s windows: ~20 s more
 
 EXPECTED_IDS = [
     "i2t/R@1", "i2t/R@5", "i2t/R@10", "i2t/medR", "i2t/meanR",
@@ -70,6 +71,10 @@ def fixture_data(recipe, tmp_path):
     if name == "karpathy":
         annotations = write_karpathy(tmp_path / "data")
         return [f"data.annotations={annotations}", f"data.image_root={tmp_path / 'data' / 'images'}"]
+    if name == "clotho":
+        from audio_fixtures import write_clotho
+
+        return [f"data.root={write_clotho(tmp_path / 'clotho')}"]
     return []
 
 

@@ -64,6 +64,9 @@ def xmcore_register_datasets(register: Register) -> None:
     relative paths resolve: declare path parameters as :data:`xmcore.RecipePath` and read
     them with ``ctx.path(...)``, so that a path typed on the command line resolves against
     the working directory instead (see :class:`xmcore.registry.PathParam`).
+    ``modalities=`` names the splits' modalities, owners first, so a recipe's encoders are checked
+    before anything loads; a dataset whose pair depends on its parameters (which manifest columns
+    are set) gives its params class a ``modalities`` property, which takes precedence.
     """
 
 

@@ -1,8 +1,15 @@
-"""``xmcore data inspect``: what a recipe's dataset holds, before anything trains on it."""
+"""``xmcore data inspect``: what a recipe's dataset holds, before anything trains on it.
+
+Beyond counts, an item may describe itself: a ``describe()`` method returning a dict of fields (a
+plugin's sound clip gives its duration and sample rate).  Each field is summarised over the split's
+usable items: a float field as min/mean/max, any other (an integer rate, a string) as counts of its
+values.
+"""
 
 from __future__ import annotations
 
 import textwrap
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +30,7 @@ def summarize(data: RetrievalData, reports: dict[str, dict[str, Any]], examples:
         lines.append(
             f"  {second} per {first}: min {per_owner.min()}, mean {per_owner.mean():.2f}, max {per_owner.max()}"
         )
+        lines += [f"  {m} {fact}" for m in split.modalities for fact in described(split.items[m])]
         if split.labels is not None:
             names = data.extras.get("label_names") or []
             counts = np.bincount(split.labels[split.labels >= 0]) if (split.labels >= 0).any() else []
@@ -41,6 +49,27 @@ def summarize(data: RetrievalData, reports: dict[str, dict[str, Any]], examples:
             texts = [split.items[second][j] for j in np.flatnonzero(split.owner == i)[:3]]
             lines.append(f"  e.g. {_describe(split.items[first][i], first, i)}: " + " | ".join(map(str, texts)))
     return "\n".join(lines)
+
+
+def described(items) -> list[str]:
+    """The fields items give through ``describe()``, one line each: a float field's min/mean/max, any
+    other field's values with their counts (the five commonest)."""
+    fields: dict[str, list[Any]] = {}
+    for item in items:
+        describe = getattr(item, "describe", None)
+        if callable(describe):
+            for key, value in describe().items():
+                fields.setdefault(key, []).append(value)
+    lines = []
+    for key, values in fields.items():
+        if all(isinstance(v, (float, np.floating)) for v in values):
+            a = np.asarray(values, dtype=float)
+            lines.append(f"{key}: min {a.min():.2f}, mean {a.mean():.2f}, max {a.max():.2f}")
+        else:
+            counts = Counter(values).most_common()
+            more = f", and {len(counts) - 5} more" if len(counts) > 5 else ""
+            lines.append(f"{key}: " + ", ".join(f"{v} ({n})" for v, n in counts[:5]) + more)
+    return lines
 
 
 def _describe(item: Any, modality: str, index: int) -> str:

@@ -395,8 +395,8 @@ def validate(loaded: LoadedRecipe, plugins) -> Recipe:
         recipe.cache.dir = from_working_dir(recipe.cache.dir)
     if not recipe.encoders:
         problems.append("encoders: expected one encoder per modality, e.g. encoders.image.name: timm")
-    elif recipe.data._component is not None and recipe.data.component.modalities:
-        provided = recipe.data.component.modalities
+    elif recipe.data._component is not None and recipe.data.component.modalities_for(recipe.data.params):
+        provided = recipe.data.component.modalities_for(recipe.data.params)
         source = f"dataset '{recipe.data.name}' provides {', '.join(provided)}"
         if recipe.data.modalities:
             unknown = [m for m in recipe.data.modalities if m not in provided]

@@ -136,6 +136,13 @@ class Component:
     def accepts(self, modality: str) -> bool:
         return self.modalities is None or modality in self.modalities
 
+    def modalities_for(self, params: Params) -> tuple[str, ...] | None:
+        """The modalities the component has with ``params``: those its parameters choose where its params
+        class has a ``modalities`` property (a manifest dataset's columns declare its pair), else the
+        registered ones."""
+        chosen = getattr(params, "modalities", None)
+        return tuple(chosen) if chosen is not None else self.modalities
+
     def describe_params(self) -> list[dict[str, Any]]:
         """Name, type, default and help of each parameter (for ``xmcore plugins`` and docs)."""
         rows = []

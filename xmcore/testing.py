@@ -221,10 +221,12 @@ def check_dataset(component: Component, ctx: BuildContext | None = None, **param
     A dataset that reads files (its ``test_params`` are ``None``) is checked on a small fixture:
     pass its parameters, and ``ctx=BuildContext(base_dir=...)`` for the folder they are relative to.
     """
-    data = build(component, ctx, **params)
+    validated = component.params.model_validate({**(component_test_params(component) or {}), **params})
+    data = component.build(validated, ctx or BuildContext())
     assert "train" in data.splits
-    if component.modalities:
-        assert all(s.modalities == tuple(component.modalities) for s in data.splits.values())
+    declared = component.modalities_for(validated)
+    if declared:
+        assert all(s.modalities == declared for s in data.splits.values())
     for name, split in data.splits.items():
         first, second = split.modalities
         assert len(split.items[first]) > 0 and len(split.items[second]) > 0, name

@@ -34,6 +34,10 @@ class Clip:
     def seconds(self) -> float:
         return len(self.samples) / self.sample_rate
 
+    def describe(self) -> dict[str, float | int]:
+        """Duration and rate, which ``xmcore data inspect`` summarises over a split."""
+        return {"duration (s)": self.seconds, "sample rate (Hz)": self.sample_rate}
+
     def fingerprint(self) -> str:
         """What identifies the clip for caches: its rate and a hash of its samples."""
         return f"clip:{self.sample_rate}:{len(self.samples)}:{hashlib.sha1(self.samples.tobytes()).hexdigest()}"
@@ -84,6 +88,15 @@ class AudioFile(LazyItem):
         except Exception as exc:  # noqa: BLE001 -- libsndfile errors and ValueErrors alike
             return f"unreadable audio ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
         return clip_problem(clip)
+
+    def describe(self) -> dict[str, float | int]:
+        """Duration, rate and channels as the file's header gives them (nothing decoded), which
+        ``xmcore data inspect`` summarises over a split; channels are down-mixed when loaded."""
+        import soundfile
+
+        info = soundfile.info(str(self.path))
+        return {"duration (s)": float(info.frames / info.samplerate), "sample rate (Hz)": int(info.samplerate),
+                "channels": int(info.channels)}
 
     def fingerprint(self) -> str:
         """What identifies the file's content for caches: path, size and modification time."""

@@ -44,14 +44,54 @@ Ratios = tuple[float, float, float]
 RATIOS_HELP = "train/val/test shares for a seeded split when the data has no split of its own"
 
 
+# A manifest column and the modality of its values, owners' first: an image owns its captions or its
+# spoken captions (audio), a clip owns its captions.
+PAIR_COLUMNS = {"image_column": "image", "audio_column": "audio", "caption_column": "text"}
+
+
 class ManifestParams(xmcore.Params):
-    path: xmcore.RecipePath = Field(description="the manifest file; relative to the recipe; image paths in it are relative to it")
-    image_column: str = Field("filepath", description="column with the image path (open_clip's default)")
-    caption_column: str = Field("title", description="column with the caption (open_clip's default)")
+    path: xmcore.RecipePath = Field(description="the manifest file; relative to the recipe; file paths in it are relative to it")
+    image_column: str | None = Field("filepath", description="column with the image path (open_clip's default); null: no images")
+    audio_column: str | None = Field(
+        None,
+        description="column with an audio file path (read by the xmcore-audio plugin); paired with the caption, "
+        "or with the image when image_column is given too",
+    )
+    caption_column: str | None = Field("title", description="column with the caption (open_clip's default); null: no captions")
     label_column: str | None = Field(None, description="optional column with a class label")
     split_column: str | None = Field(None, description="optional column with train/val/test")
     split_ratios: Ratios = Field((0.8, 0.1, 0.1), description=RATIOS_HELP)
     seed: int = Field(0, description="seed of the split when the data has none")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_yield_to_audio(cls, data):
+        # The set columns declare the pair.  With audio_column given, a column left at its default steps
+        # aside: audio pairs with image_column if that was given, else with the caption.  Writing the
+        # choice as null keeps it when a run's resolved recipe (every key written out) is read again.
+        if isinstance(data, dict) and data.get("audio_column"):
+            data = dict(data)
+            if "image_column" not in data:
+                data["image_column"] = None
+            elif data["image_column"] and "caption_column" not in data:
+                data["caption_column"] = None
+        return data
+
+    @model_validator(mode="after")
+    def _two_columns(self):
+        chosen = [key for key in PAIR_COLUMNS if getattr(self, key)]
+        if len(chosen) != 2:
+            raise ValueError(
+                f"set two of image_column, audio_column and caption_column (the pair: image and caption, audio and "
+                f"caption, or image and audio); set now: {', '.join(chosen) or 'none'}"
+                + ("; set one of them to null" if len(chosen) == 3 else "")
+            )
+        return self
+
+    @property
+    def modalities(self) -> tuple[str, str]:
+        """The pair the set columns declare, owners first: (image, text), (audio, text) or (image, audio)."""
+        return tuple(m for key, m in PAIR_COLUMNS.items() if getattr(self, key))
 
 
 class CSVParams(ManifestParams):
@@ -104,14 +144,14 @@ def build_webdataset(params: WebDatasetParams, ctx: xmcore.BuildContext):
 
 
 def build_csv(params: CSVParams, ctx: xmcore.BuildContext):
-    """open_clip's CSV/TSV manifest: image path and caption columns; rows of one image are grouped."""
+    """open_clip's CSV/TSV manifest: image (or audio) path and caption columns; rows of one image are grouped."""
     from xmcore_datasets.files import read_csv
 
     return read_csv(params, ctx)
 
 
 def build_jsonl(params: ManifestParams, ctx: xmcore.BuildContext):
-    """One JSON object per line with an image path and a caption (the csv plugin's fields)."""
+    """One JSON object per line with an image (or audio) path and a caption (the csv plugin's fields)."""
     from xmcore_datasets.files import read_jsonl
 
     return read_jsonl(params, ctx)
@@ -148,6 +188,7 @@ def xmcore_register_datasets(register):
         test_params={"train": 16, "val": 4, "test": 8, "image_size": 32},
     )
     # These read the user's files: the tests write fixtures in each real format (tests/test_datasets.py).
+    # csv and jsonl give image and text by default; their params' `modalities` says which pair the columns set.
     register("csv", build_csv, params=CSVParams, modalities=IMAGE_TEXT, test_params=lambda: None)
     register("jsonl", build_jsonl, params=ManifestParams, modalities=IMAGE_TEXT, test_params=lambda: None)
     register("karpathy", build_karpathy, params=KarpathyParams, modalities=IMAGE_TEXT, test_params=lambda: None)
