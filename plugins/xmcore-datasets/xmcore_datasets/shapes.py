@@ -6,6 +6,11 @@ the top left corner") or how two shapes relate ("a red circle left of a blue
 square" / "a blue square to the right of a red circle"), in several paraphrases.
 Generation is deterministic for the ``seed`` parameter, needs no download, and
 takes about a second for a few thousand images.
+
+Where every shape is drawn is known, and kept out of the training items: ``extras["objects"][split][i]``
+lists image ``i``'s shapes, each ``{"box": [x0, y0, x1, y1], "color": ..., "shape": ..., "phrase": "a red
+circle"}`` with the box in the picture's pixels -- ground truth for measuring explanations
+(``bench/explain.py``).
 """
 
 from __future__ import annotations
@@ -138,18 +143,26 @@ def caption(shapes: list[Placed], grid: int, rng: np.random.Generator) -> str:
 
 
 def render(shapes: list[Placed], size: int, grid: int, rng: np.random.Generator) -> Image.Image:
+    return draw_scene(shapes, size, grid, rng)[0]
+
+
+def draw_scene(shapes: list[Placed], size: int, grid: int, rng: np.random.Generator) -> tuple[Image.Image, list]:
+    """The picture and each shape's box ``(x0, y0, x1, y1)`` in its pixels, in the order of ``shapes``."""
     background = rng.integers(215, 245)
     pixels = np.clip(background + rng.normal(0, 4, (size, size, 3)), 0, 255).astype(np.uint8)
     image = Image.fromarray(pixels, "RGB")
     draw = ImageDraw.Draw(image)
     cell = size / grid
+    boxes = []
     for s in shapes:
         extent = cell * rng.uniform(0.55, 0.85)
         slack = cell - extent
         x0 = s.col * cell + rng.uniform(0, slack)
         y0 = s.row * cell + rng.uniform(0, slack)
-        DRAWERS[s.shape](draw, (x0, y0, x0 + extent, y0 + extent), COLOR_RGB[s.color])
-    return image
+        box = (x0, y0, x0 + extent, y0 + extent)
+        DRAWERS[s.shape](draw, box, COLOR_RGB[s.color])
+        boxes.append(box)
+    return image, boxes
 
 
 def scene(params, rng: np.random.Generator) -> list[Placed]:
@@ -167,17 +180,34 @@ def scene(params, rng: np.random.Generator) -> list[Placed]:
 
 
 def generate_split(params, count: int, rng: np.random.Generator) -> Split:
-    images, texts, owner = [], [], []
+    return generate_scenes(params, count, rng)[0]
+
+
+def generate_scenes(params, count: int, rng: np.random.Generator) -> tuple[Split, list[list[dict]]]:
+    """A split of ``count`` pictures with their captions, and each picture's shapes (see the module's docstring)."""
+    images, texts, owner, objects = [], [], [], []
     for i in range(count):
         shapes = scene(params, rng)
-        images.append(render(shapes, params.image_size, params.grid, rng))
+        image, boxes = draw_scene(shapes, params.image_size, params.grid, rng)
+        images.append(image)
+        objects.append([
+            {"box": [round(float(v), 2) for v in box], "color": s.color, "shape": s.shape, "phrase": s.a}
+            for s, box in zip(shapes, boxes)
+        ])
         written = distinct_captions(lambda: caption(shapes, params.grid, rng), params.captions_per_image)
         texts += written
         owner += [i] * len(written)
-    return Split(("image", "text"), {"image": images, "text": texts}, np.array(owner))
+    return Split(("image", "text"), {"image": images, "text": texts}, np.array(owner)), objects
 
 
 def generate(params) -> RetrievalData:
     counts = {"train": params.train, "val": params.val, "test": params.test}
-    splits = generated_splits(counts, params.seed, lambda count, rng: generate_split(params, count, rng))
-    return RetrievalData(splits, description=f"shapes (seed {params.seed})")
+    objects: list[list[list[dict]]] = []
+
+    def make_split(count: int, rng: np.random.Generator) -> Split:
+        split, shapes = generate_scenes(params, count, rng)
+        objects.append(shapes)
+        return split
+
+    splits = generated_splits(counts, params.seed, make_split)  # made in order, the splits without items skipped
+    return RetrievalData(splits, description=f"shapes (seed {params.seed})", extras={"objects": dict(zip(splits, objects))})
