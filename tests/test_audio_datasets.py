@@ -335,3 +335,25 @@ def test_clip_and_file_describe_the_same_clip(tmp_path):
     item = AudioFile(path)
     assert item.describe() == {"duration (s)": 0.75, "sample rate (Hz)": 16000, "channels": 1}
     assert item.load().describe() == {"duration (s)": 0.75, "sample rate (Hz)": 16000}
+
+
+def test_data_inspect_of_three_aligned_modalities(tmp_path):
+    """Pictures with written and spoken captions: every modality counted, the clips described, a grid drawn."""
+    from PIL import Image
+
+    from test_audio import tone
+    from xmcore.data import RetrievalData, Split
+    from xmcore.inspection import grid, inspect, summarize
+    from xmcore_audio.items import Clip
+
+    pictures = [Image.new("RGB", (16, 16), c) for c in ("red", "blue")]
+    texts = ["a red square", "a crimson box", "a blue square"]
+    speech = [Clip(tone(s, 8000), 8000) for s in (0.5, 1.0, 1.5)]
+    split = Split(("image", "text", "audio"), {"image": pictures, "text": texts, "audio": speech}, [0, 0, 1])
+    data, reports = inspect(RetrievalData({"train": split}, description="spoken"))
+    out = summarize(data, reports)
+    assert "  image items: 2   text items: 3   audio items: 3\n" in out
+    assert "  text / audio per image: min 1, mean 1.50, max 2\n" in out
+    assert "  audio duration (s): min 0.50, mean 1.00, max 1.50\n" in out
+    assert "e.g. image 0 (16x16): a red square | a crimson box" in out
+    assert grid(data, tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"

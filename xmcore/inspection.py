@@ -22,13 +22,14 @@ from xmcore.figures import draw_item
 def summarize(data: RetrievalData, reports: dict[str, dict[str, Any]], examples: int = 3) -> str:
     lines = [f"source: {data.description or '?'}"]
     for name, split in data.splits.items():
-        first, second = split.modalities
+        first, second = split.modalities[0], _shown_member(split)
         per_owner = np.bincount(split.owner, minlength=len(split.items[first])) if len(split.owner) else np.zeros(1)
         report = reports[name]
         lines.append(f"\n[{name}]")
-        lines.append(f"  {first} items: {len(split.items[first])}   {second} items: {len(split.items[second])}")
-        lines.append(
-            f"  {second} per {first}: min {per_owner.min()}, mean {per_owner.mean():.2f}, max {per_owner.max()}"
+        lines.append("  " + "   ".join(f"{m} items: {len(split.items[m])}" for m in split.modalities))
+        lines.append(  # members are aligned: one count serves every member modality
+            f"  {' / '.join(split.members)} per {first}: min {per_owner.min()}, mean {per_owner.mean():.2f}, "
+            f"max {per_owner.max()}"
         )
         lines += [f"  {m} {fact}" for m in split.modalities for fact in described(split.items[m])]
         if split.labels is not None:
@@ -49,6 +50,11 @@ def summarize(data: RetrievalData, reports: dict[str, dict[str, Any]], examples:
             texts = [split.items[second][j] for j in np.flatnonzero(split.owner == i)[:3]]
             lines.append(f"  e.g. {_describe(split.items[first][i], first, i)}: " + " | ".join(map(str, texts)))
     return "\n".join(lines)
+
+
+def _shown_member(split) -> str:
+    """The member modality shown beside an owner in examples and grids: text where the split has it."""
+    return "text" if "text" in split.members else split.members[0]
 
 
 def described(items) -> list[str]:
@@ -96,7 +102,7 @@ def grid(data: RetrievalData, path: Path, split: str = "train", count: int = 12,
     from xmcore.io import atomic_write_bytes
 
     s = data.splits[split]
-    first, second = s.modalities
+    first, second = s.modalities[0], _shown_member(s)
     n = min(count, len(s.items[first]))
     rows = max(1, -(-n // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 3.2, rows * 3.9 + 0.4), squeeze=False)
