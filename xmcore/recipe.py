@@ -67,8 +67,8 @@ class DataSection(ComponentSection):
     modalities: list[str] | None = Field(
         None,
         min_length=2,
-        description="use only these of the dataset's modalities (two or more), e.g. [text, audio] of a dataset "
-        "of pictures with spoken and written captions; default: all of them",
+        description="use only these of the dataset's modalities (two or more), e.g. the written and spoken captions [text, speech] of a dataset "
+        "of pictures with both (relevance stays by picture); default: all of them",
     )
 
 
@@ -99,7 +99,7 @@ class LossSection(ComponentSection):
     pairs: list[tuple[str, str]] | None = Field(
         None,
         description="the modality pairs trained into the common space, losses summed over them, e.g. "
-        "[[image, text], [image, audio]]; default: the dataset's first modality with each of the others. "
+        "[[image, text], [image, speech]]; default: the dataset's first modality with each of the others. "
         "Evaluation reports every direction among the modalities, trained or not",
     )
 
@@ -405,8 +405,10 @@ def validate(loaded: LoadedRecipe, plugins) -> Recipe:
             provided = [m for m in recipe.data.modalities if m in provided]
             source = f"data.modalities uses {', '.join(provided)}"
         problems += [f"encoders.{m}: missing; {source}: add encoders.{m}.name: ..." for m in provided if m not in recipe.encoders]
-        problems += [f"encoders.{m}: {source}, not {m}: remove it" for m in recipe.encoders if m not in provided]
-        problems += [f"augment.{m}: {source}, not {m}" for m in recipe.augment if m not in provided]
+        if not recipe.data.modalities:  # with data.modalities, the other modalities' sections are left unused
+            problems += [f"encoders.{m}: {source}, not {m}: remove it" for m in recipe.encoders if m not in provided]
+        problems += [f"augment.{m}: {source}, not {m}" for m in recipe.augment if m not in provided
+                     and not (recipe.data.modalities and m in recipe.data.component.modalities_for(recipe.data.params))]
     if problems:
         raise RecipeError([f"{src}: {p}" for p in problems])
     return recipe

@@ -216,7 +216,7 @@ def check_metric(component: Component) -> None:
 
 
 def check_dataset(component: Component, ctx: BuildContext | None = None, **params: Any) -> None:
-    """Has a train split; every split pairs two modalities with valid owner indices.
+    """Has a train split; every split has owners and aligned members with valid owner indices.
 
     A dataset that reads files (its ``test_params`` are ``None``) is checked on a small fixture:
     pass its parameters, and ``ctx=BuildContext(base_dir=...)`` for the folder they are relative to.
@@ -228,9 +228,9 @@ def check_dataset(component: Component, ctx: BuildContext | None = None, **param
     if declared:
         assert all(s.modalities == declared for s in data.splits.values())
     for name, split in data.splits.items():
-        first, second = split.modalities
-        assert len(split.items[first]) > 0 and len(split.items[second]) > 0, name
-        assert len(split.owner) == len(split.items[second])
+        first = split.modalities[0]
+        assert len(split.items[first]) > 0 and len(split.owner) > 0, name
+        assert all(len(split.owner) == len(split.items[m]) for m in split.members), name
         assert 0 <= split.owner.min() and split.owner.max() < len(split.items[first])
 
 
