@@ -20,18 +20,12 @@ from pydantic import AfterValidator, Field, model_validator
 import xmcore
 
 
-def _ordered(bounds: tuple[float, float]) -> tuple[float, float]:
-    low, high = bounds
-    if low > high:
-        raise ValueError(f"[{low}, {high}] is not a range: write [low, high] with low <= high")
-    return bounds
-
-
 def _range(above: float | None = None, at_least: float | None = None, at_most: float | None = None):
     """A ``[low, high]`` parameter, ordered and within bounds (one plain type for ``xmcore plugins``)."""
 
     def check(bounds: tuple[float, float]) -> tuple[float, float]:
-        _ordered(bounds)
+        if bounds[0] > bounds[1]:
+            raise ValueError(f"{list(bounds)} is not a range: write [low, high] with low <= high")
         if above is not None and bounds[0] <= above:
             raise ValueError(f"{list(bounds)}: both ends must exceed {above}")
         if at_least is not None and bounds[0] < at_least:
