@@ -91,6 +91,30 @@ def gallery_index(trained_run, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def trained_audio_run(tmp_path_factory, plugins):
+    """recipes/audio-quickstart.yaml trained for a few steps (in this process): generated clips and captions."""
+    from xmcore.recipe import load_recipe, validate
+    from xmcore.run import train_and_evaluate
+    from xmcore.testing import tiny_overrides
+
+    recipe_path = ROOT / "recipes" / "audio-quickstart.yaml"
+    loaded = load_recipe(recipe_path, tiny_overrides(recipe_path, plugins))
+    out = tmp_path_factory.mktemp("trained-audio") / "run"
+    train_and_evaluate(validate(loaded, plugins), plugins, loaded.base_dir, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def audio_index(trained_audio_run, tmp_path_factory, plugins):
+    """An index of the tiny audio run's clips and captions (all splits), built in this process."""
+    from xmcore.index import build_index
+
+    out = tmp_path_factory.mktemp("audio-index") / "gallery"
+    build_index(trained_audio_run, out, plugins)
+    return out
+
+
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (40, 70, 220), "yellow": (235, 200, 20)}
 
 

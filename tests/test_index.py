@@ -229,3 +229,37 @@ def test_search_input_errors_are_clear(index_dir, tmp_path, capsys):
                            (["--text", "x", "-k", "0"], "-k"), (["--text", "x", "--target", "audio"], "audio")]:
         assert main(["search", str(index_dir), *args]) != 0, args  # the CLI's own error path: a message, no traceback
         assert expected in capsys.readouterr().err, args
+
+
+def test_gallery_items_of_a_split_with_more_than_one_member_modality():
+    # A split's first modality holds the owners; each other modality's item j belongs to owner[j] (the members
+    # are aligned: caption j as text and as speech).  Duck-typed, so the test reads no dataset.
+    from types import SimpleNamespace
+
+    from xmcore.index import gallery_items
+
+    class Spoken:
+        def __init__(self, j):
+            self.j = j
+
+        def __str__(self):
+            return f"spoken caption {self.j}"
+
+    def split(n_images):
+        owner = np.repeat(np.arange(n_images), 2)
+        return SimpleNamespace(
+            modalities=("image", "text", "speech"), owner=owner, labels=np.arange(n_images) + 10, member_labels=None,
+            items={"image": [f"<image {i}>" for i in range(n_images)], "text": [f"caption {j}" for j in range(len(owner))],
+                   "speech": [Spoken(j) for j in range(len(owner))]})
+
+    data = SimpleNamespace(splits={"train": split(2), "test": split(3)})
+    gallery = gallery_items(data, ["train", "test"], ["image", "text", "speech"])
+    assert [len(gallery[m]) for m in ("image", "text", "speech")] == [5, 10, 10]
+    for member in ("text", "speech"):
+        assert [g.owner for g in gallery[member]] == [("image", i) for i in (0, 0, 1, 1, 2, 2, 3, 3, 4, 4)]
+        assert [g.meta["label"] for g in gallery[member]] == [10, 10, 11, 11, 10, 10, 11, 11, 12, 12]
+    assert gallery["speech"][7].meta == {"split": "test", "source": "spoken caption 3", "label": 11}
+    assert gallery["text"][7].meta == {"split": "test", "caption": "caption 3", "label": 11}
+    assert all(g.owner is None for g in gallery["image"]) and "source" not in gallery["image"][0].meta
+    # without the owners in the gallery, members point at nothing
+    assert all(g.owner is None for g in gallery_items(data, ["test"], ["speech"])["speech"])

@@ -189,10 +189,68 @@ def test_serve_on_a_taken_port_says_so_and_serves_nothing(gallery_index, capfd):
 
 
 @pytest.fixture(scope="module")
-def server(gallery_index):
-    """`xmcore serve` in a real subprocess on a free port of 127.0.0.1."""
+def audio_client(audio_index, plugins):
+    from fastapi.testclient import TestClient
+
+    from xmcore.index import SearchIndex
+    from xmcore.serve import create_app
+
+    return TestClient(create_app(SearchIndex(audio_index, plugins)))
+
+
+def wav_bytes(seconds, rate=8000, fmt="WAV"):
+    import io
+
+    import numpy as np
+    import soundfile
+
+    buffer = io.BytesIO()
+    t = np.arange(int(seconds * rate)) / rate
+    soundfile.write(buffer, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), rate, format=fmt, subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def test_an_audio_upload_finds_its_clip_and_clips_are_served_as_sound(audio_client, audio_index):
+    health = audio_client.get("/health").json()
+    assert health["query_files"] == ["audio"] and "sample_rate=8000" in health["preprocessing"]["audio"]
+    clip = (audio_index / "media" / "audio-3.wav").read_bytes()
+    body = audio_client.post("/search", files={"audio": ("q.wav", clip, "audio/wav")}, data={"k": "2", "target": "audio"}).json()
+    first = body["results"][0]
+    assert body["query"] == {"modality": "audio", "k": 2, "target": "audio"}
+    assert first["id"] == "audio-3" and first["score"] == pytest.approx(1.0, abs=2e-3)
+    assert first["media_type"] == "audio/x-wav" and first["media_url"] == "/items/audio-3/media"
+    captions = audio_client.post("/search?k=3", files={"audio": ("q.wav", clip, "audio/wav")}).json()["results"]
+    assert len(captions) == 3 and all(r["id"].startswith("text-") and "media_url" not in r for r in captions)
+    media = audio_client.get(first["media_url"])
+    assert media.status_code == 200 and media.headers["content-type"] == "audio/x-wav" and media.content == clip
+    assert media.headers["x-content-type-options"] == "nosniff"
+    # the page's example upload takes sound files, and only the modalities the index reads from files
+    page = audio_client.get("/").text
+    assert '[{"modality": "audio", "accept": "audio/*"}]' in page
+
+
+def test_bad_audio_uploads_get_a_4xx_that_says_why(audio_client):
+    too_long = audio_client.post("/search", files={"audio": ("long.wav", wav_bytes(121), "audio/wav")})
+    assert too_long.status_code == 413 and too_long.json()["detail"] == (
+        "audio: longer than 120 s (121.0 s); search with a shorter excerpt")
+    not_wav = audio_client.post("/search", files={"audio": ("a.wav", b"this is not a sound" * 10, "audio/wav")})
+    assert not_wav.status_code == 422 and not_wav.json()["detail"].startswith("audio: not a readable sound file")
+    empty = audio_client.post("/search", files={"audio": ("a.wav", b"", "audio/wav")})
+    assert empty.status_code == 422 and "empty" in empty.json()["detail"]
+    picture = audio_client.post("/search", files={"image": ("a.png", b"\x89PNG", "image/png")})
+    assert picture.status_code == 422 and picture.json()["detail"].endswith("named by its modality: audio")
+    two = audio_client.post("/search", files=[("audio", ("a.wav", wav_bytes(1), "audio/wav")),
+                                              ("audio", ("b.wav", wav_bytes(1), "audio/wav"))])
+    assert two.status_code == 422 and "one query file" in two.json()["detail"]
+    flac = audio_client.post("/search", files={"audio": ("a.flac", wav_bytes(1, 16000, "FLAC"), "audio/flac")})
+    assert flac.status_code == 200 and len(flac.json()["results"]) == 10  # another format and rate: read and resampled
+    assert audio_client.get("/health").status_code == 200
+
+
+def _serve(index_dir):
+    """`xmcore serve INDEX_DIR` in a real subprocess on a free port of 127.0.0.1; yields its URL."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "xmcore", "serve", str(gallery_index), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "xmcore", "serve", str(index_dir), "--port", str(port)],
                             env=offline_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -210,6 +268,16 @@ def server(gallery_index):
     yield url
     proc.terminate()
     proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def server(gallery_index):
+    yield from _serve(gallery_index)
+
+
+@pytest.fixture(scope="module")
+def audio_server(audio_index):
+    yield from _serve(audio_index)
 
 
 def test_the_served_api_over_real_http(server):
@@ -280,9 +348,40 @@ def test_search_page_in_a_real_browser(server, browser, gallery_index, tmp_path)
     # an uploaded picture -> the same picture first
     query = tmp_path / "query.png"
     shutil.copy(gallery_index / "media" / "image-4.png", query)
-    browser.find_element(By.ID, "image").send_keys(str(query))
+    browser.find_element(By.ID, "file-image").send_keys(str(query))
     wait.until(lambda _: first_card() == "image-4")
     browser.save_screenshot(str(tmp_path / "page.png"))
     if os.environ.get("XMCORE_SCREENSHOT"):
         shutil.copy(tmp_path / "page.png", os.environ["XMCORE_SCREENSHOT"])
     assert (tmp_path / "page.png").stat().st_size > 1000
+
+
+def test_search_page_plays_audio_results_in_a_real_browser(audio_server, browser, audio_index, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.select import Select
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 30)
+    browser.get(audio_server + "/")
+    upload = browser.find_element(By.ID, "file-audio")
+    assert upload.get_attribute("accept") == "audio/*" and not browser.find_elements(By.ID, "file-image")
+
+    # an uploaded clip -> the same clip first, shown as a player the browser loaded
+    Select(browser.find_element(By.ID, "target")).select_by_value("audio")
+    query = tmp_path / "query.wav"
+    query.write_bytes((audio_index / "media" / "audio-6.wav").read_bytes())
+    upload.send_keys(str(query))
+    wait.until(lambda d: d.execute_script(
+        "const c = document.querySelector('#results .card'); return c && c.dataset.id") == "audio-6")
+    wait.until(lambda d: d.execute_script(
+        "const a = [...document.querySelectorAll('#results audio')];"
+        "return a.length > 0 && a.every(x => x.controls && x.readyState >= 1 && x.duration > 0)"))
+    duration = browser.execute_script("return document.querySelector('#results .card audio').duration")
+    assert duration == pytest.approx(soundfile_duration(audio_index / "media" / "audio-6.wav"), abs=0.01)
+    assert not browser.find_elements(By.CSS_SELECTOR, "#results img")
+
+
+def soundfile_duration(path):
+    import soundfile
+
+    return soundfile.info(str(path)).duration

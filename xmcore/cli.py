@@ -95,11 +95,13 @@ def _parser() -> argparse.ArgumentParser:
     idx.add_argument("--shard-size", type=int, default=50_000, help="rows per embeddings shard (default 50000)")
     idx.add_argument("--add", action="store_true", help="add the items to the existing index in INDEX_DIR")
 
-    srch = sub.add_parser("search", help="query an index with words or an image")
+    srch = sub.add_parser("search", help="query an index with words or a file (an image, or any modality it reads)",
+                          epilog="A query file of any other modality whose encoder reads files is given the same way: "
+                          "--<MODALITY> FILE, named as the index names the modality (its manifest.json lists them).")
     srch.add_argument("index_dir", type=Path, metavar="INDEX_DIR")
-    query = srch.add_mutually_exclusive_group(required=True)
+    query = srch.add_mutually_exclusive_group()
     query.add_argument("--text", help="find items described by this text")
-    query.add_argument("--image", type=Path, help="find items like this image file")
+    query.add_argument("--image", type=Path, metavar="FILE", help="find items like this image file")
     srch.add_argument("-k", type=int, default=10, help="how many results (default 10)")
     srch.add_argument("--target", help="the modality to search (default: the other one)")
     srch.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -131,7 +133,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     in order, to the command's overrides; anything else left over is still an error.
     """
     parser = _parser()
+    argv, query_files = _query_file_options(parser, list(sys.argv[1:] if argv is None else argv))
     args, extras = parser.parse_known_args(argv)
+    if args.command == "search":
+        args.query_files = query_files + ([("image", args.image)] if args.image is not None else [])
     dest = _KEY_VALUE_DEST.get(args.command)
     rest = []
     for word in extras:
@@ -142,6 +147,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args
+
+
+def _query_file_options(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[tuple[str, Path]]]:
+    """``search``'s ``--<modality> FILE`` options for modalities the parser cannot know in advance (they are
+    the index's), taken out of ``argv`` wherever they stand: ``(the other words, [(modality, FILE), ...])``.
+
+    An option of ``search``'s own, or an abbreviation argparse would expand to one, is left to argparse."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    try:
+        at = argv.index("search")
+    except ValueError:
+        return argv, []
+    if any(not w.startswith("-") for w in argv[:at]):  # "search" is an argument here, not the command
+        return argv, []
+    known = [o for o in sub.choices["search"]._option_string_actions if o.startswith("--")]
+    rest, found, words = argv[: at + 1], [], iter(argv[at + 1:])
+    for word in words:
+        name, eq, value = word.partition("=")
+        modality = name[2:]
+        if (not name.startswith("--") or not modality[:1].isalpha() or not modality.replace("-", "").replace("_", "").isalnum()
+                or any(o.startswith(name) for o in known)):
+            rest.append(word)
+            continue
+        if not eq:
+            value = next(words, None)
+            if value is None or value.startswith("--"):
+                parser.error(f"argument {name}: expected a file")
+        found.append((modality, Path(value)))
+    return rest, found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,6 +297,9 @@ def cmd_index(args) -> int:
                            modalities=_csv(args.modality), options=options, shard_size=args.shard_size, add=args.add)
     for modality, entry in manifest["modalities"].items():
         print(f"{modality}: {entry['count']} items, d={entry['dim']}, {entry['index']['type']} index")
+    print("preprocessing (queries are read the same way):")
+    for modality, description in manifest["model"]["preprocessing"].items():
+        print(f"  {modality}: {description}")
     print(f"index: {args.out}")
     return 0
 
@@ -273,13 +310,15 @@ def cmd_search(args) -> int:
 
     if not 1 <= args.k <= 1000:
         raise XmcoreError("-k: expected 1 to 1000 results")
+    queries = args.query_files + ([("text", args.text)] if args.text is not None else [])
+    if len(queries) != 1:
+        raise XmcoreError("search: give one query: --text WORDS, or a file as --<MODALITY> FILE (e.g. --image photo.png)")
+    (modality, query), = queries
+    if modality == "text" and not query.strip():
+        raise XmcoreError("--text: the query is empty")
     index = SearchIndex(args.index_dir, load_plugins())
-    if args.text is not None:
-        if not args.text.strip():
-            raise XmcoreError("--text: the query is empty")
-        modality, query = "text", args.text
-    else:
-        modality, query = "image", _open_image(args.image)
+    if modality != "text":
+        query = _read_query_file(index, modality, query)
     results = index.search(modality, query, args.k, args.target)
     print(json.dumps(results, indent=2, ensure_ascii=False) if args.json else results_table(results), end="")
     for note in index.query_warnings(modality, query):  # on stderr: the JSON on stdout stays a list of results
@@ -297,16 +336,31 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def _open_image(path: Path):
-    from PIL import Image, UnidentifiedImageError
+def _read_query_file(index, modality: str, path: Path):
+    """``--<modality> FILE`` as a raw item, read by the index's encoder of that modality."""
+    from xmcore.errors import QueryError
 
+    if modality not in index.model.encoders:
+        import difflib
+
+        takes = [f"--{m} FILE" for m in index.file_modalities]
+        close = difflib.get_close_matches(f"--{modality}", [f"--{m}" for m in index.model.encoders] + ["--target", "--json"],
+                                          n=1, cutoff=0.75)  # a typo, not another modality's name
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        words = ["--text WORDS"] if "text" in index.model.encoders else []
+        raise XmcoreError(f"--{modality}: this index has no '{modality}' model; {hint}it takes "
+                          + " or ".join(words + takes))
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        with open(path, "rb") as fh:
+            return index.read_query(modality, fh)
     except FileNotFoundError:
-        raise XmcoreError(f"--image: no such file {path}") from None
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise XmcoreError(f"--image: {path} is not a readable image ({type(exc).__name__}: {exc})") from None
+        raise XmcoreError(f"--{modality}: no such file {path}") from None
+    except IsADirectoryError:
+        raise XmcoreError(f"--{modality}: {path} is a folder; give a file") from None
+    except OSError as exc:
+        raise XmcoreError(f"--{modality}: cannot read {path} ({exc.strerror or exc})") from None
+    except QueryError as exc:
+        raise XmcoreError(f"--{modality}: {path}: {exc}") from None
 
 
 def cmd_sweep(args) -> int:

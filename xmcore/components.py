@@ -46,6 +46,12 @@ class Encoder(nn.Module):
         it from fetching weights the state dict replaces anyway.  Default: nothing to write."""
         return {}
 
+    read_query: Any = None
+    """Optional: ``read_query(file)`` turns an open binary file (``xmcore search --<modality> FILE``, an upload
+    to ``xmcore serve``) into a raw item of this encoder's modality, and raises
+    :class:`xmcore.errors.QueryError` saying why a file cannot be used (unreadable, too large, too long).
+    ``None``: this encoder reads no query files (images need none: the core reads them with PIL)."""
+
     def query_warnings(self, item: Any) -> list[str]:
         """Notes for a user about one raw query item, said beside its search results: for example that
         most of a text's words are unknown to the model, so the results mean little.  Default: none."""

@@ -41,6 +41,16 @@ class PluginError(XmcoreError):
     """Plugins conflict, or a component is not available."""
 
 
+class QueryError(XmcoreError):
+    """A query file (``xmcore search --<modality> FILE``, an upload to ``xmcore serve``) cannot be used; the
+    message says why, without the file's name (the caller adds it).  ``too_large``: it is beyond a bound
+    (size, duration), which ``xmcore serve`` answers with 413 instead of 422."""
+
+    def __init__(self, message: str, too_large: bool = False):
+        super().__init__(message)
+        self.too_large = too_large
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """``"did you mean 'x'? "`` for the closest choice, or ``""``."""
     match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)

@@ -2,17 +2,22 @@
 
     xmcore index RUN_DIR --out INDEX_DIR [--data KEY=VALUE ...] [--index flat|hnsw|ivfpq]
     xmcore search INDEX_DIR --text "a red circle" [-k 10] [--json]
+    xmcore search INDEX_DIR --<modality> FILE      (a query file: --image photo.png, or any modality whose
+                                                   encoder reads files, see xmcore.media)
 
 An index folder is self-contained::
 
-    manifest.json            what is here: model, recipe, counts, dimensions, index type and parameters,
-                             the SHA-256 of every file below (written last: no manifest, no index)
+    manifest.json            what is here: model (with each encoder's preprocessing, e.g. its sample rate),
+                             recipe, counts, dimensions, index type and parameters, media types, the
+                             SHA-256 of every file below (written last: no manifest, no index)
     model/recipe.yaml        the run's resolved recipe, encoder parameters rewritten to read from model/
     model/weights.pt         the encoders' and fusion's state dict (read with weights_only=True)
     model/<modality>-encoder/  what an encoder needs besides weights (e.g. a tokenizer), if anything
     embeddings/<m>-00000.npy L2-normalised float32 embeddings, in shards of --shard-size rows
-    metadata/<m>.jsonl       one line per item: id, modality, path or caption, label, the item it belongs to
-    media/                   copies of images that had no file of their own (generated, inside tar shards)
+    metadata/<m>.jsonl       one line per item: id, modality, path or caption, media type, label, the item
+                             it belongs to
+    media/                   copies of items that had no file of their own (generated, inside tar shards):
+                             images as PNG, other items as their plugin writes them (``item.to_file()``)
     faiss/<m>.index          one FAISS index per modality, inner product on normalised vectors
 
 Building is resumable: shards already written (and recorded, with their checksum, in
@@ -28,15 +33,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, BinaryIO, Sequence
 
 import numpy as np
 
 from xmcore.errors import XmcoreError
 from xmcore.io import atomic_write_bytes, atomic_write_text, file_sha256 as sha256, write_json, write_yaml
+from xmcore.media import item_file, query_reader, servable_type
 
 FORMAT = 1
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
 
 
@@ -187,39 +192,54 @@ def verify(index_dir: Path, manifest: dict[str, Any] | None = None, embeddings: 
 class GalleryItem:
     item: Any  # what the encoder's preprocessor reads (after materialising a LazyItem)
     meta: dict[str, Any]
+    owner: tuple[str, int] | None = None  # (owner modality, its row among this build's items), for a member
+
+
+def describe_item(item: Any) -> dict[str, Any]:
+    """What the metadata says of an item: a caption, a file (and its media type, when an index may serve
+    it), or a short description of a lazy item without a file of its own (e.g. a tar member)."""
+    from xmcore.data import LazyItem
+
+    if isinstance(item, str):
+        return {"caption": item}
+    path = getattr(item, "path", None) if isinstance(item, LazyItem) else None
+    if path is not None:
+        meta = {"path": str(Path(path).resolve())}
+        kind = servable_type(path)
+        return meta | ({"media_type": kind} if kind else {})
+    if not str(item).startswith("<"):  # a described item, not a bare object
+        return {"source": str(item)[:200]}
+    return {}
 
 
 def gallery_items(data, splits: Sequence[str], modalities: Sequence[str]) -> dict[str, list[GalleryItem]]:
-    """The items of ``splits`` per modality, each with its metadata (path or caption, label, owner)."""
-    from xmcore.data import ImageFile
+    """The items of ``splits`` per modality, each with its metadata (caption or file, label) and owner.
 
+    A split's first modality holds the owners; every other (member) modality's item ``j`` belongs to
+    owner ``split.owner[j]``."""
     unknown = [s for s in splits if s not in data.splits]
     if unknown:
         raise XmcoreError(f"--split: the data has no split {', '.join(unknown)}; it has: {', '.join(data.splits)}")
     out: dict[str, list[GalleryItem]] = {m: [] for m in modalities}
     for split_name in splits:
         split = data.splits[split_name]
-        first, second = split.modalities
+        first = split.modalities[0]
         offset_first = len(out.get(first, []))
         for modality in modalities:
             if modality not in split.items:
                 raise XmcoreError(f"--modality: the data has no '{modality}' items; it has: {', '.join(split.modalities)}")
-            labels = split.labels if modality == first else split.member_labels
-            if labels is None and modality == second and split.labels is not None:
-                labels = split.labels[split.owner]
+            if modality == first:
+                labels = split.labels
+            else:
+                labels = split.member_labels
+                if labels is None and split.labels is not None:
+                    labels = split.labels[split.owner]
             for j, item in enumerate(split.items[modality]):
-                meta: dict[str, Any] = {"split": split_name}
-                if isinstance(item, str):
-                    meta["caption"] = item
-                elif isinstance(item, ImageFile):
-                    meta["path"] = str(Path(item.path).resolve())
-                elif not str(item).startswith("<"):  # a described lazy item (e.g. a tar member), not a bare object
-                    meta["source"] = str(item)[:200]
+                meta: dict[str, Any] = {"split": split_name, **describe_item(item)}
                 if labels is not None:
                     meta["label"] = int(labels[j])
-                if modality == second and first in modalities:
-                    meta["belongs_to_row"] = offset_first + int(split.owner[j])
-                out[modality].append(GalleryItem(item, meta))
+                owner = (first, offset_first + int(split.owner[j])) if modality != first and first in modalities else None
+                out[modality].append(GalleryItem(item, meta, owner))
     return out
 
 
@@ -229,7 +249,7 @@ def gallery_items(data, splits: Sequence[str], modalities: Sequence[str]) -> dic
 def export_model(module, recipe, model_dir: Path) -> None:
     """Weights, recipe and encoder assets of ``module`` into ``model_dir`` (see the module docstring).
 
-    Every modality's encoder goes in, indexed or not: queries come from the other modality."""
+    Every modality's encoder goes in, indexed or not: queries come from the other modalities."""
     import torch
 
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -249,7 +269,8 @@ def export_model(module, recipe, model_dir: Path) -> None:
 
 
 class QueryModel:
-    """The encoders and fusion stored in an index folder: embeds texts and images into the common space."""
+    """The encoders and fusion stored in an index folder: reads query files and embeds queries of any of
+    its modalities into the common space."""
 
     def __init__(self, model_dir: Path, plugins):
         import torch
@@ -275,15 +296,32 @@ class QueryModel:
         holder.eval()
         self.recipe = recipe
 
+    def _encoder(self, modality: str):
+        if modality not in self.encoders:
+            raise XmcoreError(f"this index holds no '{modality}' encoder; it has: {', '.join(self.encoders)}")
+        return self.encoders[modality]
+
+    @property
+    def file_modalities(self) -> list[str]:
+        """The modalities whose queries may be files (their encoder reads them; images always)."""
+        return [m for m, encoder in self.encoders.items() if query_reader(encoder, m) is not None]
+
+    def read_query(self, modality: str, file: BinaryIO) -> Any:
+        """A query file (an open binary file) as a raw item of ``modality``; :class:`QueryError` if unusable."""
+        reader = query_reader(self._encoder(modality), modality)
+        if reader is None:
+            takes = ", ".join(self.file_modalities) or "none"
+            raise XmcoreError(f"the index's '{modality}' encoder reads no query files (it has no read_query); "
+                              f"query files this index takes: {takes}")
+        return reader(file)
+
     def embed(self, modality: str, items: Sequence[Any]) -> np.ndarray:
-        """L2-normalised embeddings of raw items (strings, PIL images) of one modality."""
+        """L2-normalised embeddings of raw items (strings, PIL images, what ``read_query`` returns) of one modality."""
         import torch
 
         from xmcore.data import materialize
 
-        if modality not in self.encoders:
-            raise XmcoreError(f"this index holds no '{modality}' encoder; it has: {', '.join(self.encoders)}")
-        encoder = self.encoders[modality]
+        encoder = self._encoder(modality)
         batch = encoder.preprocessor.collate([encoder.preprocessor(materialize(x)) for x in items])
         with torch.no_grad():
             out = self.fusion(encoder(batch), modality)
@@ -311,20 +349,19 @@ def _embed_rows(module, modality: str, items: Sequence[GalleryItem], batch_size:
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def _save_media(index_dir: Path, item_id: str, item: Any) -> str | None:
-    """A copy of an image that has no file of its own, so that the index can show it."""
+def _save_media(index_dir: Path, item_id: str, item: Any) -> dict[str, str]:
+    """A copy of an item that has no file of its own (a generated image or clip), so that the index can
+    show it: ``{"media": ..., "media_type": ...}``, or ``{}`` for an item that cannot be a file."""
     from xmcore.data import materialize
 
-    image = materialize(item)
-    if not hasattr(image, "save"):
-        return None
-    import io
-
-    path = index_dir / "media" / f"{item_id}.png"
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
-    return f"media/{path.name}"
+    written = item_file(materialize(item))
+    kind = servable_type(f"item{written[1]}") if written else None
+    if kind is None:
+        return {}
+    data, suffix = written
+    path = index_dir / "media" / f"{item_id}{suffix}"
+    atomic_write_bytes(path, data)
+    return {"media": f"media/{path.name}", "media_type": kind}
 
 
 class _Progress:
@@ -345,6 +382,163 @@ class _Progress:
             self.bar.close()
 
 
+@dataclass
+class _Build:
+    """One run of ``build_index``: where it writes, what it extends, and its record of finished shards."""
+
+    out_dir: Path
+    previous: dict[str, Any] | None  # the manifest of the index an --add extends
+    options: IndexOptions
+    state: dict[str, Any]  # building.json: the job and its finished shards
+    suffix: str  # of the files an --add rewrites (the next generation's)
+
+    def before(self, modality: str) -> dict[str, Any] | None:
+        return self.previous["modalities"][modality] if self.previous else None
+
+
+def _previous_index(out_dir: Path, checkpoint_sha: str, add: bool) -> dict[str, Any] | None:
+    """The manifest of the index that ``--add`` extends (``None`` for a new one), checked against the command."""
+    if (out_dir / "manifest.json").is_file():
+        if not add:
+            raise XmcoreError(f"{out_dir} already holds an index; pass --add to add items to it, or choose another --out")
+        previous = read_manifest(out_dir)
+        if previous["model"]["checkpoint_sha256"] != checkpoint_sha:
+            raise XmcoreError(
+                f"{out_dir} was built with another checkpoint ({previous['model']['checkpoint']}); items added to it must "
+                "be embedded by the same model: index into a new --out instead"
+            )
+        return previous
+    if add:
+        raise XmcoreError(f"--add: {out_dir} holds no index yet (no manifest.json); leave out --add to build one")
+    return None
+
+
+def _resume_state(out_dir: Path, job: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+    """``building.json`` of an interrupted build of this exact job (its shards are kept), or a fresh one;
+    the folders of an interrupted build of another job are cleared."""
+    state: dict[str, Any] = {"job": job, "shards": {}}
+    earlier = None
+    job_path = out_dir / "building.json"
+    if job_path.is_file():
+        try:
+            earlier = json.loads(job_path.read_text())
+        except json.JSONDecodeError:
+            earlier = None
+    if earlier is not None and earlier.get("job") == json.loads(json.dumps(job)):
+        print(f"resuming: {len(earlier['shards'])} shards already written", file=sys.stderr)
+        return earlier
+    if previous is None and any((out_dir / d).exists() for d in ("embeddings", "metadata", "faiss", "media", "model")):
+        print("an interrupted build with other settings was found; starting over", file=sys.stderr)
+        for folder in ("embeddings", "metadata", "faiss", "media", "model"):
+            shutil.rmtree(out_dir / folder, ignore_errors=True)
+    return state
+
+
+def _embed_shards(build: _Build, module, modality: str, items: list[GalleryItem], shard_size: int, batch_size: int,
+                  num_workers: int) -> list[dict[str, Any]]:
+    """Every shard of the modality's embeddings (those an earlier --add wrote, then this build's), skipping
+    the ones ``building.json`` records as written and intact."""
+    before = build.before(modality)
+    first_shard = len(before["shards"]) if before else 0
+    shards = list(before["shards"]) if before else []
+    progress = _Progress(len(items), f"embedding {modality}")
+    for k, lo in enumerate(range(0, len(items), shard_size)):
+        name = f"embeddings/{modality}-{first_shard + k:05d}.npy"
+        rows = items[lo:lo + shard_size]
+        done = build.state["shards"].get(name)
+        if done and (build.out_dir / name).is_file() and sha256(build.out_dir / name) == done["sha256"]:
+            progress(len(rows))
+        else:
+            _save_npy(build.out_dir / name, _embed_rows(module, modality, rows, batch_size, num_workers, progress))
+            build.state["shards"][name] = {"rows": len(rows), "sha256": sha256(build.out_dir / name)}
+            write_json(build.out_dir / "building.json", build.state)
+        shards.append({"file": name, "rows": len(rows)})
+    progress.close()
+    return shards
+
+
+def _write_metadata(build: _Build, modality: str, items: list[GalleryItem]) -> tuple[str, list[str]]:
+    """The modality's metadata file (an --add's rows after the earlier ones), copies of items without a file
+    of their own, and the media types its items are served as."""
+    before = build.before(modality)
+    start_row = before["count"] if before else 0
+    media_types = set(before.get("media_types", [])) if before else set()
+    lines = []
+    for row, entry in enumerate(items, start=start_row):
+        meta = {"id": f"{modality}-{row}", "modality": modality, **entry.meta}
+        if "caption" not in meta and "media_type" not in meta:  # no file of its own, or one no browser shows
+            meta.update(_save_media(build.out_dir, meta["id"], entry.item))
+        if entry.owner is not None:
+            owner, owner_row = entry.owner
+            meta["belongs_to"] = f"{owner}-{(build.before(owner) or {}).get('count', 0) + owner_row}"
+        if "media_type" in meta:
+            media_types.add(meta["media_type"])
+        lines.append(json.dumps(meta, ensure_ascii=False))
+    meta_rel = f"metadata/{modality}{build.suffix}.jsonl"
+    old = (build.out_dir / before["metadata"]).read_text() if before else ""
+    atomic_write_text(build.out_dir / meta_rel, old + "".join(line + "\n" for line in lines))
+    return meta_rel, sorted(media_types)
+
+
+def _write_modality_index(build: _Build, modality: str, shards: list[dict[str, Any]], added: int) -> dict[str, Any]:
+    """The modality's FAISS index (the earlier one with this build's vectors added) and its manifest entry."""
+    before = build.before(modality)
+    first_shard = len(before["shards"]) if before else 0
+    vectors = np.concatenate([np.load(build.out_dir / s["file"]) for s in shards[first_shard:]]) if added else None
+    dim = int(vectors.shape[1]) if vectors is not None and len(vectors) else int(before["dim"])
+    options = build.options
+    if before:
+        index = _faiss().read_index(str(build.out_dir / before["index"]["file"]))
+        if index.ntotal != before["count"]:
+            raise XmcoreError(f"{build.out_dir / before['index']['file']}: holds {index.ntotal} vectors, the manifest "
+                              f"says {before['count']}; the index was changed by hand: rebuild it")
+    else:
+        index = new_faiss_index(dim, options, train_sample(vectors, options) if options.kind == "ivfpq" else None)
+    if vectors is not None and len(vectors):
+        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    index_rel = f"faiss/{modality}{build.suffix}.index"
+    (build.out_dir / "faiss").mkdir(exist_ok=True)
+    _write_faiss(build.out_dir / index_rel, index)
+    return {
+        "count": (before["count"] if before else 0) + added,
+        "dim": dim,
+        "shards": shards,
+        "index": {"file": index_rel, "type": options.kind, "params": options.params(), "ntotal": int(index.ntotal)},
+    }
+
+
+def _write_manifest(build: _Build, run_dir: Path, checkpoint: Path, checkpoint_sha: str, recipe, module,
+                    source: dict[str, Any], modalities: dict[str, Any]) -> dict[str, Any]:
+    """manifest.json, written last: the checksum of every file, the model and how it reads each modality."""
+    from xmcore import __version__
+
+    out_dir, previous = build.out_dir, build.previous
+    listed = [p for p in sorted((out_dir / "model").rglob("*")) if p.is_file() and not p.name.startswith(".")]
+    listed += [out_dir / rel for entry in modalities.values()
+               for rel in (entry["metadata"], entry["index"]["file"], *(s["file"] for s in entry["shards"]))]
+    media = sorted((out_dir / "media").glob("*")) if (out_dir / "media").is_dir() else []
+    # What turns a raw item into model input (a sample rate, a window, a vocabulary): the feature cache's key,
+    # and what a query file is converted to before it is embedded.
+    preprocessing = {m: repr(module.encoders[m].preprocessor) for m in module.modalities}
+    manifest = {
+        "format": FORMAT,
+        "generation": previous.get("generation", 0) + 1 if previous else 0,
+        "xmcore": __version__,
+        "created": previous["created"] if previous else time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": {"run_dir": str(run_dir.resolve()), "checkpoint": checkpoint.name, "checkpoint_sha256": checkpoint_sha,
+                  "recipe": recipe.name, "dim": recipe.fusion.dim,
+                  "preprocessing": previous["model"].get("preprocessing", preprocessing) if previous else preprocessing},
+        "recipe": previous["recipe"] if previous else recipe.resolved(),  # the run's, --data applied
+        "sources": (previous["sources"] if previous else []) + [source],
+        "modalities": modalities,
+        "checksums": {str(p.relative_to(out_dir)): sha256(p) for p in listed},
+        "media_checksums": {p.name: sha256(p) for p in media},
+    }
+    write_json(out_dir / "manifest.json", manifest)
+    return manifest
+
+
 def build_index(
     run_dir: Path,
     out_dir: Path,
@@ -357,38 +551,29 @@ def build_index(
     add: bool = False,
     batch_size: int | None = None,
 ) -> dict[str, Any]:
-    """Embed a gallery with a run's best checkpoint and write (or extend, with ``add``) an index folder."""
-    from xmcore import __version__
+    """Embed a gallery with a run's best checkpoint and write (or extend, with ``add``) an index folder.
+
+    The phases: check the command against the folder; rebuild the trained model and list the gallery;
+    per modality, embed shards (resumable), write metadata and the FAISS index; store the model; write
+    the manifest last."""
+    from xmcore.cache import data_fingerprint
     from xmcore.run import best_checkpoint, rebuild_trained
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     options = options or IndexOptions()
     if options.kind not in INDEX_TYPES:
         raise XmcoreError(f"--index: unknown index type '{options.kind}'; choose one of {', '.join(INDEX_TYPES)}")
-    source = run_dir / "recipe.yaml"
-    if not source.is_file():
+    if not (run_dir / "recipe.yaml").is_file():
         raise XmcoreError(f"{run_dir}: no recipe.yaml; expected a run directory written by `xmcore run`")
     checkpoint = best_checkpoint(run_dir)
     checkpoint_sha = sha256(checkpoint)
-
-    previous = None
-    if (out_dir / "manifest.json").is_file():
-        if not add:
-            raise XmcoreError(f"{out_dir} already holds an index; pass --add to add items to it, or choose another --out")
-        previous = read_manifest(out_dir)
-        if previous["model"]["checkpoint_sha256"] != checkpoint_sha:
-            raise XmcoreError(
-                f"{out_dir} was built with another checkpoint ({previous['model']['checkpoint']}); items added to it must "
-                "be embedded by the same model: index into a new --out instead"
-            )
+    previous = _previous_index(out_dir, checkpoint_sha, add)
+    if previous:
         options = IndexOptions.from_manifest(next(iter(previous["modalities"].values()))["index"])
-    elif add:
-        raise XmcoreError(f"--add: {out_dir} holds no index yet (no manifest.json); leave out --add to build one")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     recipe, built, module, _ = rebuild_trained(run_dir, checkpoint, overrides, plugins, None, "--data")
     module.eval()
-
     data = built.data
     splits = list(splits or data.splits)
     modalities = list(modalities or (previous["modalities"] if previous else data.modalities))
@@ -400,8 +585,6 @@ def build_index(
         raise XmcoreError(f"the gallery has no {', '.join(empty)} items in the splits {', '.join(splits)}")
 
     # Resumable: a record of the shards written so far, valid for this exact command and this exact content.
-    from xmcore.cache import data_fingerprint
-
     job = {
         "checkpoint_sha256": checkpoint_sha,
         "recipe": recipe.resolved(),
@@ -411,113 +594,28 @@ def build_index(
         "add_to": previous["checksums"] if previous else None,
         "content": {m: data_fingerprint([g.item for g in v]) for m, v in gallery.items()},
     }
-    job_path = out_dir / "building.json"
-    state: dict[str, Any] = {"job": job, "shards": {}}
-    earlier = None
-    if job_path.is_file():
-        try:
-            earlier = json.loads(job_path.read_text())
-        except json.JSONDecodeError:
-            earlier = None
-    if earlier is not None and earlier.get("job") == json.loads(json.dumps(job)):
-        state = earlier
-        print(f"resuming: {len(state['shards'])} shards already written", file=sys.stderr)
-    elif previous is None and any((out_dir / d).exists() for d in ("embeddings", "metadata", "faiss", "media", "model")):
-        print("an interrupted build with other settings was found; starting over", file=sys.stderr)
-        for folder in ("embeddings", "metadata", "faiss", "media", "model"):
-            shutil.rmtree(out_dir / folder, ignore_errors=True)
-
     # Files an --add rewrites get the next generation's name; the manifest switches to them last, so an
     # interrupted --add leaves the index it started from intact (and a rerun starts from that again).
     generation = previous.get("generation", 0) + 1 if previous else 0
-    suffix = f".g{generation}" if generation else ""
-    batch_size = batch_size or recipe.eval.batch_size
-    manifest_modalities = dict(previous["modalities"]) if previous else {}
+    build = _Build(out_dir, previous, options, _resume_state(out_dir, job, previous), f".g{generation}" if generation else "")
+    entries = dict(previous["modalities"]) if previous else {}
     for modality in modalities:
         items = gallery[modality]
-        before = previous["modalities"][modality] if previous else None
-        start_row = before["count"] if before else 0
-        first_shard = len(before["shards"]) if before else 0
-        shards = list(before["shards"]) if before else []
-        progress = _Progress(len(items), f"embedding {modality}")
-        for k, lo in enumerate(range(0, len(items), shard_size)):
-            name = f"embeddings/{modality}-{first_shard + k:05d}.npy"
-            rows = items[lo:lo + shard_size]
-            done = state["shards"].get(name)
-            if done and (out_dir / name).is_file() and sha256(out_dir / name) == done["sha256"]:
-                progress(len(rows))
-            else:
-                vectors = _embed_rows(module, modality, rows, batch_size, recipe.data.num_workers, progress)
-                _save_npy(out_dir / name, vectors)
-                state["shards"][name] = {"rows": len(rows), "sha256": sha256(out_dir / name)}
-                write_json(job_path, state)
-            shards.append({"file": name, "rows": len(rows)})
-        progress.close()
-
-        lines = []
-        for row, entry in enumerate(items, start=start_row):
-            meta = {"id": f"{modality}-{row}", "modality": modality, **entry.meta}
-            if "path" not in meta and "caption" not in meta:
-                media = _save_media(out_dir, meta["id"], entry.item)
-                if media:
-                    meta["media"] = media
-            if "belongs_to_row" in meta:
-                owner_modality = next(m for m in modalities if m != modality)
-                owner_start = previous["modalities"][owner_modality]["count"] if previous else 0
-                meta["belongs_to"] = f"{owner_modality}-{owner_start + meta.pop('belongs_to_row')}"
-            lines.append(json.dumps(meta, ensure_ascii=False))
-        meta_rel = f"metadata/{modality}{suffix}.jsonl"
-        old = (out_dir / before["metadata"]).read_text() if before else ""
-        atomic_write_text(out_dir / meta_rel, old + "".join(line + "\n" for line in lines))
-
-        vectors = np.concatenate([np.load(out_dir / s["file"]) for s in shards[first_shard:]]) if items else None
-        dim = int(vectors.shape[1]) if vectors is not None and len(vectors) else int(before["dim"])
-        if before:
-            index = _faiss().read_index(str(out_dir / before["index"]["file"]))
-            if index.ntotal != before["count"]:
-                raise XmcoreError(f"{out_dir / before['index']['file']}: holds {index.ntotal} vectors, the manifest "
-                                  f"says {before['count']}; the index was changed by hand: rebuild it")
-        else:
-            index = new_faiss_index(dim, options, train_sample(vectors, options) if options.kind == "ivfpq" else None)
-        if vectors is not None and len(vectors):
-            index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-        index_rel = f"faiss/{modality}{suffix}.index"
-        (out_dir / "faiss").mkdir(exist_ok=True)
-        _write_faiss(out_dir / index_rel, index)
-        manifest_modalities[modality] = {
-            "count": start_row + len(items),
-            "dim": dim,
-            "shards": shards,
-            "metadata": meta_rel,
-            "index": {"file": index_rel, "type": options.kind, "params": options.params(), "ntotal": int(index.ntotal)},
-        }
+        shards = _embed_shards(build, module, modality, items, shard_size, batch_size or recipe.eval.batch_size,
+                               recipe.data.num_workers)
+        metadata, media_types = _write_metadata(build, modality, items)
+        entries[modality] = {**_write_modality_index(build, modality, shards, len(items)), "metadata": metadata,
+                             "media_types": media_types}
 
     if previous is None:
         export_model(module, recipe, out_dir / "model")
-    listed = [p for p in sorted((out_dir / "model").rglob("*")) if p.is_file() and not p.name.startswith(".")]
-    listed += [out_dir / rel for entry in manifest_modalities.values()
-               for rel in (entry["metadata"], entry["index"]["file"], *(s["file"] for s in entry["shards"]))]
-    media = sorted((out_dir / "media").glob("*")) if (out_dir / "media").is_dir() else []
-    manifest = {
-        "format": FORMAT,
-        "generation": generation,
-        "xmcore": __version__,
-        "created": previous["created"] if previous else time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "model": {"run_dir": str(run_dir.resolve()), "checkpoint": checkpoint.name, "checkpoint_sha256": checkpoint_sha,
-                  "recipe": recipe.name, "dim": recipe.fusion.dim},
-        "recipe": previous["recipe"] if previous else recipe.resolved(),  # the run's, --data applied
-        "sources": (previous["sources"] if previous else []) + [{"splits": splits, "overrides": list(overrides)}],
-        "modalities": manifest_modalities,
-        "checksums": {str(p.relative_to(out_dir)): sha256(p) for p in listed},
-        "media_checksums": {p.name: sha256(p) for p in media},
-    }
-    write_json(out_dir / "manifest.json", manifest)
-    job_path.unlink(missing_ok=True)
+    manifest = _write_manifest(build, run_dir, checkpoint, checkpoint_sha, recipe, module,
+                               {"splits": splits, "overrides": list(overrides)}, entries)
+    (out_dir / "building.json").unlink(missing_ok=True)
     if previous:  # the files of the generation before, now that nothing points at them
         for modality in modalities:
             for rel in (previous["modalities"][modality]["metadata"], previous["modalities"][modality]["index"]["file"]):
-                if rel not in (manifest_modalities[modality]["metadata"], manifest_modalities[modality]["index"]["file"]):
+                if rel not in (entries[modality]["metadata"], entries[modality]["index"]["file"]):
                     (out_dir / rel).unlink(missing_ok=True)
     return manifest
 
@@ -549,20 +647,37 @@ class SearchIndex:
         self.by_id = {meta["id"]: meta for rows in self.items.values() for meta in rows}
         self.model = QueryModel(self.dir / "model", plugins)
 
-    def media_file(self, meta: dict[str, Any]) -> Path | None:
-        """The image file of an item, if the index lists one: inside the index folder (checked against
-        the manifest's checksum) or the item's own file; never a path that came from elsewhere."""
+    def media_file(self, meta: dict[str, Any]) -> tuple[Path, str] | None:
+        """The file that shows an item and its media type, if the index lists one: a copy inside the index
+        folder (checked against the manifest's checksum) or the item's own file, of a type an index serves
+        (pictures, sound, film; never text, documents or SVG); never a path that came from elsewhere."""
         if "media" in meta:
             root = self.dir.resolve()
             path = (self.dir / meta["media"]).resolve()
             expected = self.manifest.get("media_checksums", {}).get(path.name)
             if path.parent != root / "media" or not path.is_file() or expected is None or sha256(path) != expected:
                 return None
-            return path
-        if "path" in meta:
+        elif "path" in meta:
             path = Path(meta["path"])
-            return path if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() else None
-        return None
+            if not path.is_file():
+                return None
+        else:
+            return None
+        kind = servable_type(path)
+        return (path, kind) if kind else None
+
+    def media_type(self, meta: dict[str, Any]) -> str | None:
+        """The media type an item's file is served as (from its name: no file is opened), or ``None``."""
+        return servable_type(meta.get("media") or meta.get("path"))
+
+    @property
+    def file_modalities(self) -> list[str]:
+        """The modalities a query file may be of (their encoder reads files), whether indexed or not."""
+        return self.model.file_modalities
+
+    def read_query(self, modality: str, file: BinaryIO) -> Any:
+        """A query file as a raw item of ``modality`` (:class:`xmcore.errors.QueryError` says why it cannot be)."""
+        return self.model.read_query(modality, file)
 
     @property
     def modalities(self) -> list[str]:
@@ -592,6 +707,12 @@ class SearchIndex:
 
     def describe(self) -> dict[str, Any]:
         return {m: {"count": e["count"], "index": e["index"]["type"]} for m, e in self.manifest["modalities"].items()}
+
+    def preprocessing(self) -> dict[str, str]:
+        """Each encoder's preprocessing as the manifest records it (an index built before it was recorded:
+        as the stored model rebuilds it)."""
+        recorded = self.manifest["model"].get("preprocessing")
+        return dict(recorded) if recorded else {m: repr(e.preprocessor) for m, e in self.model.encoders.items()}
 
 
 def results_table(results: Sequence[dict[str, Any]]) -> str:

@@ -1,17 +1,23 @@
 """``xmcore serve``: an HTTP API and one web page over an index folder (FastAPI + uvicorn).
 
-    GET  /                      the search page (a search box, an image upload, a results grid)
-    GET  /health                status, item counts, index types
-    GET  /search?text=...&k=10[&target=image|text]
-    POST /search[?k=10&target=...] multipart form: image=<file> (k and target in the form or the query string)
-    GET  /items/{id}            an item's metadata
-    GET  /items/{id}/media      an item's image: only files that the index lists, looked up by id
+    GET  /                      the search page (a search box, an example upload per modality, a results grid)
+    GET  /health                status, item counts, index types, query file modalities, preprocessing
+    GET  /search?text=...&k=10[&target=<modality>]
+    POST /search[?k=10&target=...] multipart form: <modality>=<file>, one file in a field named by its
+                                modality (image=..., or any modality whose encoder reads files); k and
+                                target in the form or the query string
+    GET  /items/{id}            an item's metadata (with media_url and media_type when it has a file to show)
+    GET  /items/{id}/media      an item's file, served as its media type: only files that the index lists,
+                                looked up by id
 
 Bounded input: a query of at most ``MAX_QUERY_CHARS`` characters, k of 1 to ``MAX_K``, uploads of
-at most ``MAX_UPLOAD_BYTES``; anything else is a 4xx whose body is always ``{"detail": "<one line>"}``,
+at most ``MAX_UPLOAD_BYTES``, and whatever the modality's reader bounds (an image's pixels, a clip's
+duration: 413 with the reason); anything else is a 4xx whose body is always ``{"detail": "<one line>"}``,
 saying what was expected without echoing the input back.  A search answers ``{"query", "results",
 "warnings"}``; ``warnings`` holds the query encoder's notes (e.g. most words unknown to an LSTM).  The
-server binds 127.0.0.1 unless told otherwise, and checks that the port is free before it says it serves.
+page shows each result by its media type: a picture as an image, whatever a browser plays in an HTML
+media element with the element's controls.  The server binds 127.0.0.1 unless told otherwise, and
+checks that the port is free before it says it serves.
 """
 
 
@@ -21,13 +27,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from xmcore.errors import XmcoreError
+from xmcore.errors import QueryError, XmcoreError
 
 MAX_QUERY_CHARS = 1000
 MAX_K = 100
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
-IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
-               ".gif": "image/gif", ".bmp": "image/bmp"}
 PUBLIC_FIELDS = ("id", "modality", "caption", "label", "split", "belongs_to")  # what a client sees of an item
 
 
@@ -77,21 +81,30 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+def upload_accept(index, modality: str) -> str:
+    """The ``accept`` of the page's file input for ``modality``: the kinds of media its gallery holds
+    (``image/*``...), images for an image modality, else any file."""
+    entry = index.manifest["modalities"].get(modality, {})
+    kinds = sorted({t.split("/")[0] + "/*" for t in entry.get("media_types", [])})
+    return ",".join(kinds) or ("image/*" if modality == "image" else "")
+
+
 def create_app(index):
     """The FastAPI application over an opened :class:`xmcore.index.SearchIndex`."""
-    from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
+    from fastapi import FastAPI, HTTPException, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
-    from PIL import Image
     from starlette.concurrency import run_in_threadpool
+    from starlette.datastructures import UploadFile
 
     app = FastAPI(title="xmcore search", version="1", docs_url="/docs", redoc_url=None)
-    app.add_middleware(BodyLimit, limit=MAX_UPLOAD_BYTES + 64 * 1024)  # the image plus the form's other fields
+    app.add_middleware(BodyLimit, limit=MAX_UPLOAD_BYTES + 64 * 1024)  # the file plus the form's other fields
     lock = threading.Lock()  # one query through the model at a time
-    modalities = index.modalities
+    modalities, file_modalities = index.modalities, index.file_modalities
     expected = {"text": f"expected 1 to {MAX_QUERY_CHARS} characters", "k": f"expected a whole number from 1 to {MAX_K}",
                 "target": f"expected one of {', '.join(modalities)}",
-                "image": "expected an image file in the multipart form field 'image'"}
+                "file": "expected one query file in a multipart form field named by its modality: "
+                        + (", ".join(file_modalities) or "(this index takes no query files)")}
 
     @app.exception_handler(RequestValidationError)
     async def one_line(request, exc: RequestValidationError):
@@ -115,8 +128,9 @@ def create_app(index):
         item = {k: meta[k] for k in PUBLIC_FIELDS if k in meta}
         if "path" in meta:
             item["file"] = Path(meta["path"]).name  # a name, never a server path
-        if "media" in meta or "path" in meta:
-            item["media_url"] = f"/items/{meta['id']}/media"
+        kind = index.media_type(meta)
+        if kind:
+            item["media_url"], item["media_type"] = f"/items/{meta['id']}/media", kind
         return item
 
     def run(query_modality: str, query: Any, k: int, target: str | None) -> dict[str, Any]:
@@ -131,11 +145,14 @@ def create_app(index):
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
-        return PAGE.replace('"{{modalities}}"', json.dumps(modalities).replace("<", "\\u003c"))
+        uploads = [{"modality": m, "accept": upload_accept(index, m)} for m in file_modalities]
+        return (PAGE.replace('"{{modalities}}"', json.dumps(modalities).replace("<", "\\u003c"))
+                .replace('"{{uploads}}"', json.dumps(uploads).replace("<", "\\u003c")))
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "modalities": index.describe(), "model": index.manifest["model"]["recipe"]}
+        return {"status": "ok", "modalities": index.describe(), "model": index.manifest["model"]["recipe"],
+                "query_files": file_modalities, "preprocessing": index.preprocessing()}
 
     @app.get("/search")
     def search_text(
@@ -147,39 +164,67 @@ def create_app(index):
             raise HTTPException(422, "text: the query is empty")
         return run("text", text, k, check_target(target))
 
-    @app.post("/search")
-    async def search_image(
-        image: UploadFile = File(..., description="an image file (PNG, JPEG, ...)"),
-        k: int | None = Form(None, ge=1, le=MAX_K, description="in the form, or in the query string"),
-        target: str | None = Form(None, max_length=40, description="in the form, or in the query string"),
+    form_schema = {"type": "object", "properties": {
+        **{m: {"type": "string", "format": "binary", "description": f"a {m} file (give one file)"} for m in file_modalities},
+        "k": {"type": "integer", "minimum": 1, "maximum": MAX_K}, "target": {"type": "string", "enum": modalities}}}
+
+    @app.post("/search", openapi_extra={"requestBody": {"required": True,
+                                                         "content": {"multipart/form-data": {"schema": form_schema}}}})
+    async def search_file(
+        request: Request,
         k_in_query: int | None = Query(None, alias="k", ge=1, le=MAX_K),
         target_in_query: str | None = Query(None, alias="target", max_length=40),
     ) -> dict[str, Any]:
-        k = either("k", k, k_in_query, 10)
-        target = either("target", target, target_in_query, None)
-        data = await image.read(MAX_UPLOAD_BYTES + 1)
+        """A query file in a form field named by its modality (``image=``...); k and target in the form or the query string."""
+        fields, modality, data = await read_form(request)
+        k = either("k", form_k(fields.get("k")), k_in_query, 10)
+        target = either("target", form_target(fields.get("target")), target_in_query, None)
         if len(data) > MAX_UPLOAD_BYTES:
-            raise HTTPException(413, f"image: larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB")
+            raise HTTPException(413, f"{modality}: larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB")
         if not data:
-            raise HTTPException(422, "image: the upload is empty")
-        picture = await run_in_threadpool(decode, data)
-        return await run_in_threadpool(run, "image", picture, k, check_target(target))
+            raise HTTPException(422, f"{modality}: the upload is empty")
+        query = await run_in_threadpool(decode, modality, data)
+        return await run_in_threadpool(run, modality, query, k, check_target(target))
+
+    async def read_form(request) -> tuple[dict[str, str], str, bytes]:
+        """The form's text fields, and its one file's modality and bytes (at most one byte over the limit)."""
+        try:
+            async with request.form(max_files=4, max_fields=16) as form:
+                items = form.multi_items()
+                files = [(name, value) for name, value in items if isinstance(value, UploadFile)]
+                if len(files) != 1 or files[0][0] not in file_modalities:
+                    raise HTTPException(422, expected["file"])
+                fields = {name: value for name, value in items if isinstance(value, str)}
+                return fields, files[0][0], await files[0][1].read(MAX_UPLOAD_BYTES + 1)
+        except (_TooLarge, HTTPException):
+            raise
+        except Exception:  # noqa: BLE001 -- a malformed multipart body, whatever the parser says of it
+            raise HTTPException(422, f"not a readable multipart form; {expected['file']}") from None
+
+    def form_k(value: str | None) -> int | None:
+        if value is None:
+            return None
+        if not value.strip().isdigit() or not 1 <= int(value) <= MAX_K:
+            raise HTTPException(422, f"k: {expected['k']}")
+        return int(value)
+
+    def form_target(value: str | None) -> str | None:
+        if value is not None and len(value) > 40:
+            raise HTTPException(422, f"target: {expected['target']}")
+        return value
 
     def either(name: str, in_form, in_query, default):
         if in_form is not None and in_query is not None and in_form != in_query:
             raise HTTPException(422, f"{name}: given twice with different values (form and query string); give it once")
         return in_form if in_form is not None else in_query if in_query is not None else default
 
-    def decode(data: bytes):
+    def decode(modality: str, data: bytes):
         try:
-            with Image.open(io.BytesIO(data)) as im:
-                if im.width * im.height > 50_000_000:
-                    raise HTTPException(413, "image: more than 50 megapixels")
-                return im.convert("RGB")
-        except HTTPException:
-            raise
-        except Exception:  # noqa: BLE001 -- PIL raises many types for bad input; none may take the server down
-            raise HTTPException(422, "image: not a readable image (expected PNG, JPEG, WebP, GIF or BMP)") from None
+            return index.read_query(modality, io.BytesIO(data))
+        except QueryError as exc:
+            raise HTTPException(413 if exc.too_large else 422, f"{modality}: {exc}") from None
+        except XmcoreError as exc:
+            raise HTTPException(422, f"{modality}: {exc}") from None
 
     @app.get("/items/{item_id}")
     def item(item_id: str) -> dict[str, Any]:
@@ -191,10 +236,11 @@ def create_app(index):
     @app.get("/items/{item_id}/media")
     def media(item_id: str):
         meta = index.by_id.get(item_id)
-        path = index.media_file(meta) if meta else None
-        if path is None:
-            raise HTTPException(404, f"no image for item '{item_id[:80]}' in this index")
-        return FileResponse(path, media_type=IMAGE_TYPES.get(path.suffix.lower(), "application/octet-stream"))
+        found = index.media_file(meta) if meta else None
+        if found is None:
+            raise HTTPException(404, f"no file to show for item '{item_id[:80]}' in this index")
+        path, kind = found
+        return FileResponse(path, media_type=kind, headers={"X-Content-Type-Options": "nosniff"})
 
     return app
 
@@ -262,6 +308,8 @@ PAGE = """<!doctype html>
   .card { background: #fff; border: 1px solid #dde1e7; border-radius: 8px; padding: 8px; }
   .card img { width: 100%; aspect-ratio: 1; object-fit: contain; background: #eef0f3; border-radius: 4px;
               image-rendering: pixelated; }
+  .card .player { width: 100%; }
+  #uploads label { margin-right: 6px; }
   .score { font-weight: 600; font-size: 13px; }
   .caption { font-size: 13px; margin-top: 4px; }
   .id { color: #778; font-size: 12px; }
@@ -274,12 +322,13 @@ PAGE = """<!doctype html>
   <label>in <select id="target"></select></label>
   <label>k <input type="number" id="k" value="12" min="1" max="100" style="width:4em"></label>
   <button type="submit" id="search-button">Search</button>
-  <label>or by example: <input type="file" id="image" accept="image/*"></label>
+  <span id="uploads"></span>
 </form>
 <div id="status"></div>
 <div id="results"></div>
 <script>
 const modalities = "{{modalities}}";
+const uploads = "{{uploads}}";  // [{modality, accept}]: the modalities whose files the index reads
 const target = document.getElementById("target");
 for (const m of modalities) {
   const o = document.createElement("option"); o.value = m; o.textContent = m === "image" ? "images" : m === "text" ? "captions" : m;
@@ -290,16 +339,27 @@ function show(data) {
   results.replaceChildren();
   for (const r of data.results) {
     const card = document.createElement("div"); card.className = "card"; card.dataset.id = r.id;
-    if (r.media_url) { const img = document.createElement("img"); img.src = r.media_url; img.alt = r.id; card.appendChild(img); }
+    const shown = media(r); if (shown) card.appendChild(shown);
     const score = document.createElement("div"); score.className = "score"; score.textContent = "#" + r.rank + "  " + r.score.toFixed(3);
     card.appendChild(score);
-    if (r.caption) { const c = document.createElement("div"); c.className = "caption"; c.textContent = r.caption; card.appendChild(c); }
+    const words = r.caption || r.file;
+    if (words) { const c = document.createElement("div"); c.className = "caption"; c.textContent = words; card.appendChild(c); }
     const id = document.createElement("div"); id.className = "id"; id.textContent = r.id + (r.label !== undefined ? "  label " + r.label : "");
     card.appendChild(id);
     results.appendChild(card);
   }
   status.textContent = data.results.length + " results in " + data.query.target
     + (data.warnings && data.warnings.length ? "  \u2014  note: " + data.warnings.join("; ") : "");
+}
+function media(r) {  // by the media type: a picture, or a media element (with controls) of its kind
+  if (!r.media_url || !r.media_type) return null;
+  const kind = r.media_type.split("/")[0];
+  if (kind === "image") { const img = document.createElement("img"); img.src = r.media_url; img.alt = r.id; return img; }
+  let player;
+  try { player = document.createElement(kind); } catch (e) { return null; }
+  if (!(player instanceof HTMLMediaElement)) return null;
+  player.className = "player"; player.controls = true; player.preload = "metadata"; player.src = r.media_url;
+  return player;
 }
 async function answer(response) {
   const data = await response.json();
@@ -314,13 +374,21 @@ document.getElementById("text-form").addEventListener("submit", async (e) => {
   const params = new URLSearchParams({text: q, k: document.getElementById("k").value, target: target.value});
   await answer(await fetch("/search?" + params));
 });
-document.getElementById("image").addEventListener("change", async (e) => {
-  const file = e.target.files[0]; if (!file) return;
-  status.textContent = "searching...";
-  const body = new FormData(); body.append("image", file); body.append("k", document.getElementById("k").value);
-  body.append("target", target.value);
-  await answer(await fetch("/search", {method: "POST", body}));
-});
+const uploadsBox = document.getElementById("uploads");
+if (uploads.length) uploadsBox.append("or by example: ");
+for (const u of uploads) {
+  const label = document.createElement("label"), input = document.createElement("input");
+  input.type = "file"; input.id = "file-" + u.modality; input.dataset.modality = u.modality;
+  if (u.accept) input.accept = u.accept;
+  label.append(u.modality + " ", input); uploadsBox.appendChild(label);
+  input.addEventListener("change", async (e) => {
+    const file = e.target.files[0]; if (!file) return;
+    status.textContent = "searching...";
+    const body = new FormData(); body.append(u.modality, file); body.append("k", document.getElementById("k").value);
+    body.append("target", target.value);
+    await answer(await fetch("/search", {method: "POST", body}));
+  });
+}
 target.value = modalities.includes("image") ? "image" : modalities[0];
 </script>
 </body>

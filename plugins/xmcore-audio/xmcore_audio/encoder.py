@@ -113,6 +113,8 @@ class LogMelPreprocessor(Preprocessor):
 
 
 class AudioCNNEncoder(Encoder):
+    max_query_seconds = 120.0  # a longer query file is refused from its header, before it is decoded
+
     def __init__(self, model_name: str, preprocessor: LogMelPreprocessor, model_kwargs: dict | None = None):
         super().__init__()
         try:
@@ -136,3 +138,9 @@ class AudioCNNEncoder(Encoder):
         total = features.new_zeros(clips, features.shape[1]).index_add_(0, index, features * weight)
         norm = features.new_zeros(clips, 1).index_add_(0, index, weight)
         return total / norm
+
+    def read_query(self, file) -> Clip:
+        """A query file as a clip at its own rate (the preprocessor resamples it), up to ``max_query_seconds``."""
+        from xmcore_audio.items import read_clip
+
+        return read_clip(file, self.max_query_seconds)

@@ -48,6 +48,17 @@ class Clip:
             ax.specgram(self.samples, Fs=self.sample_rate, NFFT=256, noverlap=192, cmap="magma")
         ax.set_xlabel(f"{self.seconds:.2f} s at {self.sample_rate} Hz", fontsize=7)
 
+    def to_file(self) -> tuple[bytes, str]:
+        """The clip as a 16-bit WAV file (bytes, suffix), which every browser plays: how a search index shows
+        a clip that has no file of its own.  Samples beyond full scale are clipped."""
+        import io
+
+        import soundfile
+
+        buffer = io.BytesIO()
+        soundfile.write(buffer, np.clip(self.samples, -1.0, 1.0), self.sample_rate, format="WAV", subtype="PCM_16")
+        return buffer.getvalue(), ".wav"
+
     def __getstate__(self):
         return (self.samples, self.sample_rate)
 
@@ -108,3 +119,32 @@ class AudioFile(LazyItem):
 
     def __str__(self) -> str:
         return str(self.path)
+
+
+def read_clip(file, max_seconds: float | None = None) -> Clip:
+    """A clip from an open binary file (a search query): at most ``max_seconds`` long, checked from the
+    file's header before its samples are decoded.  Raises :class:`xmcore.errors.QueryError` with the reason."""
+    import soundfile
+
+    from xmcore.errors import QueryError
+
+    readable = "not a readable sound file (WAV, FLAC, OGG or MP3, as libsndfile reads them)"
+    try:
+        info = soundfile.info(file)
+        file.seek(0)
+        if max_seconds is not None and info.frames > max_seconds * info.samplerate:
+            raise QueryError(f"longer than {max_seconds:g} s ({info.frames / info.samplerate:.1f} s); "
+                             "search with a shorter excerpt", too_large=True)
+        samples, rate = soundfile.read(file, dtype="float32", always_2d=True)
+    except QueryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- libsndfile errors, and whatever a damaged header leads to
+        # libsndfile's own words ("Format not recognised."), without the file object soundfile names
+        detail = getattr(exc, "error_string", None) or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise QueryError(f"{readable}: {detail[:120]}") from None
+    clip = Clip(samples, rate)
+    problem = clip_problem(clip)
+    if problem:
+        raise QueryError(f"unusable sound: {problem}")
+    return clip
+
