@@ -269,8 +269,8 @@ def export_model(module, recipe, model_dir: Path) -> None:
 
 
 class QueryModel:
-    """The encoders and fusion stored in an index folder: reads query files and embeds queries of any of
-    its modalities into the common space."""
+    """The encoders and fusion stored in an index folder (or, through :meth:`of`, a trained run's): reads query
+    files and embeds items of any of its modalities into the common space."""
 
     def __init__(self, model_dir: Path, plugins):
         import torch
@@ -278,28 +278,62 @@ class QueryModel:
         from xmcore.recipe import load_recipe, validate
         from xmcore.registry import BuildContext
 
-        self.model_dir = Path(model_dir)
-        recipe = validate(load_recipe(self.model_dir / "recipe.yaml", []), plugins)
-        state = torch.load(self.model_dir / "weights.pt", map_location="cpu", weights_only=True)
-        self.encoders = torch.nn.ModuleDict()
+        model_dir = Path(model_dir)
+        recipe = validate(load_recipe(model_dir / "recipe.yaml", []), plugins)
+        state = torch.load(model_dir / "weights.pt", map_location="cpu", weights_only=True)
+        encoders = torch.nn.ModuleDict()
         for modality in sorted({k.split(".")[1] for k in state if k.startswith("encoders.")}):
             section = recipe.encoders[modality]
-            ctx = BuildContext(seed=recipe.seed, base_dir=self.model_dir, modality=modality, train_items=lambda: [])
-            self.encoders[modality] = section.component.build(section.params, ctx)
-        dims = {m: int(e.output_dim) for m, e in self.encoders.items()}
-        self.fusion = recipe.fusion.component.build(
-            recipe.fusion.params, BuildContext(seed=recipe.seed, base_dir=self.model_dir, input_dims=dims, dim=recipe.fusion.dim)
+            ctx = BuildContext(seed=recipe.seed, base_dir=model_dir, modality=modality, train_items=lambda: [])
+            encoders[modality] = section.component.build(section.params, ctx)
+        dims = {m: int(e.output_dim) for m, e in encoders.items()}
+        fusion = recipe.fusion.component.build(
+            recipe.fusion.params, BuildContext(seed=recipe.seed, base_dir=model_dir, input_dims=dims, dim=recipe.fusion.dim)
         )
         holder = torch.nn.Module()
-        holder.encoders, holder.fusion = self.encoders, self.fusion
+        holder.encoders, holder.fusion = encoders, fusion
         holder.load_state_dict(state)
-        holder.eval()
+        self._use(encoders, fusion, recipe, "this index")
+        self.model_dir = model_dir
+
+    @classmethod
+    def of(cls, encoders, fusion, recipe, holder: str) -> "QueryModel":
+        """The same for encoders and fusion built elsewhere (a trained run's module, weights loaded);
+        ``holder`` names them in messages (``"the run runs/x"``)."""
+        model = cls.__new__(cls)
+        model._use(encoders, fusion, recipe, holder)
+        model.model_dir = None
+        return model
+
+    def _use(self, encoders, fusion, recipe, holder: str) -> None:
+        import torch
+
+        self.encoders = encoders if isinstance(encoders, torch.nn.ModuleDict) else torch.nn.ModuleDict(dict(encoders))
+        self.fusion = fusion
+        self.encoders.eval()
+        self.fusion.eval()
         self.recipe = recipe
+        self.holder = holder
 
     def _encoder(self, modality: str):
         if modality not in self.encoders:
-            raise XmcoreError(f"this index holds no '{modality}' encoder; it has: {', '.join(self.encoders)}")
+            raise XmcoreError(f"{self.holder} holds no '{modality}' encoder; it has: {', '.join(self.encoders)}")
         return self.encoders[modality]
+
+    @property
+    def device(self):
+        """Where the weights are (the first parameter's device; the CPU for a model without any)."""
+        import torch
+
+        for module in (*self.encoders.values(), self.fusion):
+            for tensor in (*module.parameters(), *module.buffers()):
+                return tensor.device
+        return torch.device("cpu")
+
+    def to(self, device) -> "QueryModel":
+        self.encoders.to(device)
+        self.fusion.to(device)
+        return self
 
     @property
     def file_modalities(self) -> list[str]:
@@ -311,21 +345,30 @@ class QueryModel:
         reader = query_reader(self._encoder(modality), modality)
         if reader is None:
             takes = ", ".join(self.file_modalities) or "none"
-            raise XmcoreError(f"the index's '{modality}' encoder reads no query files (it has no read_query); "
-                              f"query files this index takes: {takes}")
+            raise XmcoreError(f"the '{modality}' encoder of {self.holder} reads no query files (it has no "
+                              f"read_query); the modalities it takes files of: {takes}")
         return reader(file)
 
     def embed(self, modality: str, items: Sequence[Any]) -> np.ndarray:
         """L2-normalised embeddings of raw items (strings, PIL images, what ``read_query`` returns) of one modality."""
+        return self.embed_tensor(modality, items).cpu().numpy()
+
+    def embed_tensor(self, modality: str, items: Sequence[Any]):
+        """The same as a float32 tensor on the model's device; the items are one batch."""
         import torch
 
         from xmcore.data import materialize
 
         encoder = self._encoder(modality)
         batch = encoder.preprocessor.collate([encoder.preprocessor(materialize(x)) for x in items])
+        device = self.device
+        if device.type != "cpu":  # preprocessors collate on the CPU; Lightning is imported only when it must move
+            from pytorch_lightning.utilities import move_data_to_device
+
+            batch = move_data_to_device(batch, device)
         with torch.no_grad():
             out = self.fusion(encoder(batch), modality)
-        return torch.nn.functional.normalize(out.float(), dim=-1).numpy()
+        return torch.nn.functional.normalize(out.float(), dim=-1)
 
 
 # ---------------------------------------------------------------------------------------------- building
