@@ -230,3 +230,26 @@ def test_an_index_folder_loads_its_stored_model_and_refuses_changed_weights(gall
         fh.write(b"\0")
     with pytest.raises(XmcoreError, match="differ from the manifest .*model/weights.pt"):
         xmcore.load(copy)
+
+
+README = (ROOT / "README.md").read_text()
+
+
+@pytest.mark.xfail("## Use from Python" not in README, strict=True, reason="the README has no 'Use from Python' section yet")
+def test_the_readme_python_example_runs_as_written(trained_run, gallery_index, plugins, tmp_path, monkeypatch, capsys):
+    """The README's example, after its CLI commands (runs/shapes, indexes/shapes), with a tiny trainer for xmcore.run."""
+    from xmcore.testing import tiny_overrides
+
+    section = README.split("## Use from Python", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "indexes").mkdir()
+    (tmp_path / "runs" / "shapes").symlink_to(trained_run)
+    (tmp_path / "indexes" / "shapes").symlink_to(gallery_index)
+    (tmp_path / "recipes").symlink_to(ROOT / "recipes")
+    monkeypatch.chdir(tmp_path)
+    real = xmcore.api.run
+    tiny = tiny_overrides(ROOT / "recipes" / "quickstart.yaml", plugins)
+    monkeypatch.setattr(xmcore.api, "run", lambda recipe, overrides=(), out=None, **kw: real(recipe, tiny + list(overrides), out, **kw))
+    exec(compile(code, "README.md", "exec"), {})
+    assert capsys.readouterr().out.strip()
