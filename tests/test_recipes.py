@@ -15,7 +15,10 @@ QUICKSTART = [r for r in RECIPES if r.stem == "quickstart"][0]
 # (VGG16 would train and checkpoint 138M parameters, two ~1.6 GB checkpoints; its encoder's output
 # width is tested by test_components.py::test_vgg16_encoder_reports_its_real_output_width.)
 LIGHTER = {"seed-vgg16-lstm": ["encoders.image.model_name=test_resnet"],
-           "clotho": ["encoders.audio.model_name=test_efficientnet"]}  # EfficientNet-B0 on 30 s windows: ~20 s more
+           "clotho": ["encoders.audio.model_name=test_efficientnet"],  # EfficientNet-B0 on 30 s windows: ~20 s more
+           # CLIP ViT-B-32's weights are a file the user downloads: a tiny random open_clip architecture instead
+           "openclip-towers": [f"encoders.{m}.{key}" for m in ("image", "text") for key in (
+               "model_name=xmcore-test-vit", "checkpoint=null", "pretrained=null")]}
 
 EXPECTED_IDS = [
     "i2t/R@1", "i2t/R@5", "i2t/R@10", "i2t/medR", "i2t/meanR",
