@@ -5,6 +5,7 @@ Plugins subclass these (or follow the same shape); the core relies on nothing el
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -28,6 +29,22 @@ class Preprocessor:
     def __repr__(self) -> str:
         """Describes the preprocessing exactly: it is part of the feature cache's key."""
         return type(self).__name__
+
+    def input_box(self, size: tuple[int, int]) -> tuple[float, float, float, float] | None:
+        """For pictures, so that an explanation's map lands on the right pixels: the part of a raw picture
+        of ``size`` (width, height) that the model's input shows (after resizing and cropping), as
+        ``(left, top, right, bottom)`` in the picture's pixels.  ``None``: the whole picture, resized."""
+        return None
+
+
+@dataclass
+class TokenView:
+    """One text as a text encoder reads it, for attributions to its words (``xmcore explain``)."""
+
+    batch: Any  # the encoder's input for this one text (what its preprocessor's collate returns)
+    ids_key: str  # the entry of ``batch`` that holds the token ids, shape [1, tokens]
+    spans: list[tuple[int, int] | None]  # per token: the characters of the text it was read from; None: added by the tokenizer
+    baseline_id: int  # a token id that means nothing (padding): the reference the attributions start from
 
 
 class Encoder(nn.Module):
@@ -56,6 +73,16 @@ class Encoder(nn.Module):
         """Notes for a user about one raw query item, said beside its search results: for example that
         most of a text's words are unknown to the model, so the results mean little.  Default: none."""
         return []
+
+    word_embeddings: Any = None
+    """Optional, for attributions to words (``xmcore explain``): a property returning the module that gives
+    each token its vector (an ``nn.Embedding`` already among the encoder's submodules: a property, so that
+    the state dict does not hold it twice), at whose output the attributions are taken; with it,
+    ``token_view(text)`` returns the :class:`TokenView` of one text.  ``None``: this encoder's inputs
+    cannot be attributed to words."""
+
+    def token_view(self, text: str) -> TokenView:
+        raise NotImplementedError(f"{type(self).__name__} does not map its tokens back to the text's characters")
 
 
 class Fusion(nn.Module):

@@ -25,7 +25,7 @@ recipe is validated, passing a ``register`` callback.  A plugin calls
   validated against it; ``xmcore plugins`` prints it.
 * ``help`` -- one line for ``xmcore plugins``; defaults to the first line of
   ``build``'s docstring.
-* ``modalities`` -- for encoders and augmentations: the modality names the
+* ``modalities`` -- for encoders, augmentations and explainers: the modality names the
   component accepts (``("image",)``, ``("text",)``), ``None`` meaning any; for
   datasets: the modalities every split provides, in order (``("image", "text")``),
   so that a recipe's encoders are checked against them before any data is read.
@@ -135,4 +135,21 @@ def xmcore_register_metrics(register: Register) -> None:
     (``"i2t"``, ``"t2i"``) to :class:`xmcore.evaluation.Ranking` and returns a
     flat ``{metric_id: float}``; ids are ``"<direction>/<metric>"`` (``i2t/R@1``)
     or a bare name for a metric over both directions (``rsum``).
+    """
+
+
+@hookspec
+def xmcore_register_explainers(register: Register) -> None:
+    """Register explanation methods (``xmcore explain --method NAME``).
+
+    ``build(params, ctx)`` returns a callable ``explain(model, modality, item, target)`` ->
+    :class:`xmcore.explain.Explanation`: how much each part of one raw ``item`` of ``modality`` (the
+    pixels of a picture, the words of a text) makes its embedding point towards ``target``, the fixed
+    L2-normalised common-space embedding (``Tensor[1, dim]``) of an item of another modality; the score
+    explained is their cosine.  ``model`` is an :class:`xmcore.explain.ExplainModel`: the trained
+    encoders and fusion, always run on the raw item (never on cached features).  An image's map covers
+    the picture's own pixels; a text's attributions are per word (sum over a word's tokens).
+    ``modalities=`` names the modalities a method explains; a method that needs something of the
+    encoder (a convolutional layer, its word-embedding layer) raises :class:`xmcore.errors.XmcoreError`
+    saying what is missing.  Not called during ``xmcore run``.
     """

@@ -33,6 +33,7 @@ _HOOK_FOR_KIND = {
     "fusion": "xmcore_register_fusions",
     "loss": "xmcore_register_losses",
     "metric": "xmcore_register_metrics",
+    "explainer": "xmcore_register_explainers",
 }
 
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from xmcore.errors import PluginError, XmcoreError, did_you_mean
 
-KINDS = ("dataset", "augmentation", "encoder", "fusion", "loss", "metric")
+KINDS = ("dataset", "augmentation", "encoder", "fusion", "loss", "metric", "explainer")
 """Component kinds, in the order the hooks are called."""
 
 

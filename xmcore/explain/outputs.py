@@ -1,0 +1,139 @@
+"""What ``xmcore explain`` writes: the picture with its heatmap, the raw map, the words as JSON and as HTML."""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xmcore.explain import Explanation, Word, peak
+from xmcore.io import atomic_write_bytes, atomic_write_text
+
+FILES = {"overlay": "overlay.png", "map": "map.npy", "words": "words.json", "html": "words.html"}
+
+
+def write_explanation(out_dir: Path, picture, text: str, image: Explanation, words: Explanation | None) -> dict[str, Path]:
+    """Write the four files into ``out_dir`` (atomically, each); returns their paths by kind."""
+    out_dir = Path(out_dir)
+    buf = io.BytesIO()
+    np.save(buf, image.attributions.astype(np.float32))
+    paths = {
+        "overlay": atomic_write_bytes(out_dir / FILES["overlay"], overlay_png(picture, text, image, words)),
+        "map": atomic_write_bytes(out_dir / FILES["map"], buf.getvalue()),
+        "words": atomic_write_text(out_dir / FILES["words"], json.dumps(words_record(text, image, words), indent=2) + "\n"),
+        "html": atomic_write_text(out_dir / FILES["html"], words_html(text, image, words)),
+    }
+    return paths
+
+
+def words_record(text: str, image: Explanation, words: Explanation | None) -> dict[str, Any]:
+    """The explanation as JSON: the pair's score, each method and its details, one entry per word."""
+    x, y = peak(image.attributions)
+    return {
+        "text": text,
+        "score": round(image.score, 6),
+        "image": {"method": image.method, "map": FILES["map"], "shape": list(image.attributions.shape),
+                  "peak": [x, y], "details": _plain(image.details)},
+        "words_by": {"method": words.method, "details": _plain(words.details)} if words else None,
+        "words": [{"word": w.text, "start": w.start, "end": w.end, "attribution": round(w.attribution, 6),
+                   "read": w.read} for w in (words.words if words else [])],
+    }
+
+
+def _strength(word: Word, scale: float) -> float:
+    return min(1.0, abs(word.attribution) / scale) if scale > 0 and word.read else 0.0
+
+
+def _scale(words: Explanation | None) -> float:
+    return max((abs(w.attribution) for w in words.words if w.read), default=0.0) if words and words.words else 0.0
+
+
+def words_html(text: str, image: Explanation, words: Explanation | None) -> str:
+    """A small page: the text with each word's background green (raises the score) or red (lowers it), as
+    strong as its attribution relative to the strongest word's; the value on hover."""
+    scale = _scale(words)
+    spans, at = [], 0
+    for w in words.words if words else []:
+        spans.append(html.escape(text[at:w.start]))
+        strength = _strength(w, scale)
+        colour = "44, 160, 44" if w.attribution >= 0 else "214, 39, 40"
+        title = f"{w.attribution:+.4f}" if w.read else "not read by the model"
+        spans.append(f'<span style="background: rgba({colour}, {strength:.3f})" title="{title}">{html.escape(w.text)}</span>')
+        at = w.end
+    spans.append(html.escape(text[at:]))
+    method = html.escape(words.method) if words else "none"
+    return (
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>xmcore explain</title>\n"
+        "<style>body{font:16px/1.6 sans-serif;margin:2em} p.words span{padding:0 .15em;border-radius:3px}"
+        " .note{color:#666;font-size:13px}</style></head><body>\n"
+        f"<p class=\"words\">{''.join(spans)}</p>\n"
+        f"<p class=\"note\">score (cosine) {image.score:.4f}; words by {method}: green raises the score, red "
+        "lowers it, the stronger the colour the larger the effect (hover for the value)</p>\n</body></html>\n"
+    )
+
+
+def overlay_png(picture, text: str, image: Explanation, words: Explanation | None) -> bytes:
+    """The picture beside the picture under its heatmap, the score and method in the title, and the text
+    below with its words coloured as in the HTML."""
+    from xmcore.figures import pyplot
+
+    plt = pyplot()
+    values = image.attributions
+    fig, axes = plt.subplots(1, 2, figsize=(7.0, 3.9))
+    for ax in axes:
+        ax.imshow(picture)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    # What raises the score, as a share of the strongest place (the raw, signed values are in map.npy).
+    top = float(values.max()) if values.size else 0.0
+    relative = np.clip(values / top, 0, 1) if top > 0 else np.zeros_like(values)
+    shown = axes[1].imshow(relative, cmap="jet", alpha=0.5, vmin=0, vmax=1,
+                           extent=(0, picture.width, picture.height, 0), interpolation="bilinear")
+    bar = fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.04, ticks=[0, 0.5, 1])
+    bar.ax.tick_params(labelsize=7)
+    bar.set_label("raises the score (share of the peak)", fontsize=7)
+    x, y = peak(values)
+    axes[1].plot([x], [y], marker="+", color="white", markersize=12, mew=2)
+    axes[0].set_title("picture", fontsize=9)
+    axes[1].set_title(f"{image.method}: score {image.score:.3f}", fontsize=9)
+    _draw_words(fig, text, words)
+    fig.subplots_adjust(left=0.02, right=0.9, top=0.9, bottom=0.2, wspace=0.1)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _draw_words(fig, text: str, words: Explanation | None) -> None:
+    """The text along the figure's foot, each word on a box coloured by its attribution."""
+    scale = _scale(words)
+    items = words.words if words and words.words else [Word(text, 0, len(text), 0.0, False)]
+    renderer = fig.canvas.get_renderer()
+    x, y, width = 0.03, 0.07, fig.get_figwidth() * fig.dpi
+    for w in items:
+        strength = _strength(w, scale)
+        rgb = (0.17, 0.63, 0.17) if w.attribution >= 0 else (0.84, 0.15, 0.16)
+        label = fig.text(x, y, w.text, fontsize=10, va="center",
+                         bbox={"facecolor": (*rgb, strength), "edgecolor": "none", "pad": 1.5})
+        x += (label.get_window_extent(renderer).width + 6) / width
+        if x > 0.95:
+            x, y = 0.03, y - 0.06
+    method = f"words by {words.method}" if words else "no word attributions"
+    fig.text(0.03, 0.14, f"{method} (green raises the score, red lowers it)", fontsize=8, color="#555555", va="center")
+
+
+def _plain(details: dict[str, Any]) -> dict[str, Any]:
+    """Details made JSON-safe (numbers as floats, anything else as text)."""
+    out = {}
+    for key, value in details.items():
+        if isinstance(value, (bool, int, float, str)) or value is None:
+            out[key] = value
+        elif np.ndim(value) == 0:
+            out[key] = float(value)
+        else:
+            out[key] = str(value)
+    return out
