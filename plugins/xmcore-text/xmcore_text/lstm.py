@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from xmcore.components import Encoder, Preprocessor
+from xmcore.components import Encoder, Preprocessor, TokenView
 from xmcore.errors import XmcoreError
 
 PAD, UNK = "<pad>", "<unk>"
@@ -138,6 +138,21 @@ class LSTMEncoder(Encoder):
         if len(words) > limit:
             notes.append(f"the text model reads only the first {limit} words of a query; the other {len(words) - limit} were ignored")
         return notes
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        return self.embedding
+
+    def token_view(self, text: str) -> TokenView:
+        """The tokens the model reads (one per word, up to ``max_length``) with the characters each came from."""
+        lowered = text.lower()
+        # lower() keeps positions unless a character lowers to several (rare letters outside ASCII)
+        source, flags = (lowered, 0) if len(lowered) == len(text) else (text, re.IGNORECASE)
+        spans = [m.span() for m in re.finditer(_WORD.pattern, source, flags)][: self.preprocessor.max_length]
+        ids = self.preprocessor(text)
+        if len(spans) != len(ids):  # no words: the model reads one <unk> that stands for nothing in the text
+            spans = [None] * len(ids)
+        return TokenView(self.preprocessor.collate([ids]), "tokens", spans, baseline_id=self.vocab.index[PAD])
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         tokens, lengths = batch["tokens"], batch["lengths"]

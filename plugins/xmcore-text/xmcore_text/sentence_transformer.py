@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from xmcore.components import Encoder, Preprocessor
+from xmcore.components import Encoder, Preprocessor, TokenView
 from xmcore.errors import XmcoreError
 
 
@@ -51,6 +51,29 @@ class SentenceTransformerEncoder(Encoder):
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model(dict(features))["sentence_embedding"]
+
+    @property
+    def word_embeddings(self) -> torch.nn.Module:
+        embeddings = getattr(getattr(self.model[0], "auto_model", None), "embeddings", None)
+        layer = getattr(embeddings, "word_embeddings", None)
+        if layer is None:
+            raise XmcoreError("this sentence-transformers model has no word-embedding layer where BERT-like models "
+                              "keep it (auto_model.embeddings.word_embeddings); its words cannot be attributed")
+        return layer
+
+    def token_view(self, text: str) -> TokenView:
+        """The word pieces the model reads, each with the characters of ``text`` it came from (the tokenizer's
+        offsets); the special tokens ([CLS], [SEP]) come from no character."""
+        tokenizer = self.preprocessor.tokenizer
+        if not getattr(tokenizer, "is_fast", False):
+            raise XmcoreError(f"the tokenizer of {tokenizer.name_or_path!r} is not a fast tokenizer: it gives no "
+                              "character offsets, so word pieces cannot be mapped back to words")
+        batch = dict(tokenizer([text], truncation=True, max_length=self.preprocessor.max_length,
+                               return_offsets_mapping=True, return_special_tokens_mask=True, return_tensors="pt"))
+        offsets = batch.pop("offset_mapping")[0].tolist()
+        special = batch.pop("special_tokens_mask")[0].tolist()
+        spans = [None if is_special else (int(a), int(b)) for (a, b), is_special in zip(offsets, special)]
+        return TokenView(batch, "input_ids", spans, baseline_id=int(tokenizer.pad_token_id))
 
     def export(self, folder):
         """The model folder (configuration, tokenizer, weights) so queries never need the original path or a hub."""

@@ -28,6 +28,28 @@ class ImagePreprocessor(Preprocessor):
     def __repr__(self) -> str:
         return f"ImagePreprocessor({self.transform!r})"
 
+    def input_box(self, size: tuple[int, int]) -> tuple[float, float, float, float] | None:
+        """Where the model's input lies in a picture of ``size`` (width, height): the transform's resizes and
+        centre crops followed step by step; ``None`` if it holds another geometric step."""
+        from torchvision import transforms as T
+
+        width, height = float(size[0]), float(size[1])  # the image as the current step sees it
+        left, top, scale_x, scale_y = 0.0, 0.0, 1.0, 1.0  # where its pixel (0, 0) lies, and its pixels' size, in the picture's
+        for step in getattr(self.transform, "transforms", [self.transform]):
+            if isinstance(step, T.Resize):
+                new_width, new_height = _resized(width, height, step.size, step.max_size)
+                scale_x, scale_y = scale_x * width / new_width, scale_y * height / new_height
+                width, height = new_width, new_height
+            elif isinstance(step, T.CenterCrop):
+                crop_height, crop_width = step.size
+                # as torchvision's center_crop rounds (a crop larger than the image pads it: a negative offset)
+                left += int(round((width - crop_width) / 2.0)) * scale_x
+                top += int(round((height - crop_height) / 2.0)) * scale_y
+                width, height = float(crop_width), float(crop_height)
+            elif not any(word in type(step).__name__ for word in ("Tensor", "Normalize", "Dtype")):
+                return None
+        return left, top, left + width * scale_x, top + height * scale_y
+
 
 def load_weights_file(path: str) -> dict[str, torch.Tensor]:
     """A state dict from a local file; pickled files are read with ``weights_only=True``."""
@@ -111,6 +133,19 @@ class TimmEncoder(Encoder):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
+
+
+def _resized(width: float, height: float, size, max_size: int | None) -> tuple[float, float]:
+    """The size torchvision's ``Resize(size, max_size=...)`` gives an image: (h, w) as asked, or the shorter
+    side to ``size`` and the longer in proportion (rounded down), both cut down to ``max_size``."""
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        return float(size[1]), float(size[0])
+    short, long = sorted((width, height))
+    requested = size[0] if isinstance(size, (list, tuple)) else size
+    new_short, new_long = requested, int(requested * long / short)
+    if max_size is not None and new_long > max_size:
+        new_short, new_long = int(max_size * new_short / new_long), max_size
+    return (float(new_short), float(new_long)) if width <= height else (float(new_long), float(new_short))
 
 
 def _no_weights(model_name: str, exc: Exception) -> XmcoreError:
