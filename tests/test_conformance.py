@@ -18,7 +18,8 @@ from torchmetrics.retrieval import (
 )
 
 from xmcore.data import Split
-from xmcore.evaluation import compute_metrics, rank_directions
+import xmcore.evaluation
+from xmcore.evaluation import compute_metrics, evaluate, rank_directions
 from xmcore.plugins import load_plugins
 from xmcore.testing import build
 
@@ -71,10 +72,19 @@ def clip_benchmark_recall(scores, relevant, k):
      (4, 30, 2, False, True), (5, 30, 3, True, True)],
     ids=["random-1cap", "random-5cap", "ties-5cap", "ties-1cap", "labels", "labels-ties"],
 )
-def test_metrics_match_torchmetrics(seed, images, captions, ties, with_labels):
+def test_metrics_match_torchmetrics(seed, images, captions, ties, with_labels, monkeypatch):
     labels = np.arange(images) % 4 if with_labels else None
     split, emb = make_case(seed, images, captions, ties, labels)
-    ours = compute_metrics(rank_directions(emb, split), metrics())
+    # Four ways to the same numbers: every rank kept, or only what the metrics declare they read (Needs);
+    # ranks counted, or rows sorted (the evaluator's two strategies, chosen by relevant items per query).
+    variants = {}
+    for strategy, threshold in (("count", float("inf")), ("sort", -1)):
+        monkeypatch.setattr(xmcore.evaluation, "SORT_ABOVE", threshold)
+        variants[f"{strategy}, every rank kept"] = compute_metrics(rank_directions(emb, split), metrics())
+        variants[f"{strategy}, what the metrics need"] = evaluate(emb, split, metrics())[1]
+    ours = variants["count, every rank kept"]
+    for name, values in variants.items():
+        assert values == pytest.approx(ours, abs=1e-12), name
 
     normed = {m: torch.nn.functional.normalize(e.float(), dim=-1) for m, e in emb.items()}
     for d, (q, gal) in {"i2t": ("image", "text"), "t2i": ("text", "image")}.items():

@@ -110,3 +110,57 @@ def test_rank_metrics_and_table():
     assert values["rsum"] == pytest.approx(0.25 + 0.75 + 0.75 + 2 / 3 + 2 / 3 + 1)
     table = metrics_table(values)
     assert "| i2t | 0.2500 | 0.7500 | 0.7500 | 2 | 4.50 |" in table
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_counting_and_sorting_give_the_same_ranks(ties, monkeypatch):
+    import xmcore.evaluation
+    from xmcore.evaluation import rank
+
+    g = torch.Generator().manual_seed(3)
+    q, gal = torch.randn(40, 6, generator=g), torch.randn(90, 6, generator=g)
+    if ties:  # scores of exactly 0, 1 or -1: ties everywhere, relevant and irrelevant alike
+        q, gal = torch.eye(6)[torch.randint(0, 3, (40,), generator=g)], torch.eye(6)[torch.randint(0, 4, (90,), generator=g)]
+        gal[::7] *= -1
+    qg, gg = torch.randint(0, 5, (40,), generator=g), torch.arange(90) % 5
+    results = []
+    for threshold in (float("inf"), -1):  # always count, always sort
+        monkeypatch.setattr(xmcore.evaluation, "SORT_ABOVE", threshold)
+        results.append(rank(q, gal, qg, gg, block_elements=900))  # 10 queries per chunk
+    counted, sorted_ = results
+    assert np.array_equal(counted.ranks, sorted_.ranks)
+    assert np.array_equal(counted.positions, sorted_.positions) and np.array_equal(counted.offsets, sorted_.offsets)
+    assert counted.offsets[-1] == 40 * 18  # every relevant item's rank
+
+
+def test_a_ranking_keeps_what_the_metrics_need():
+    from xmcore.evaluation import Needs, rank
+
+    def at_hit(within, position, num_relevant):
+        return within / position
+
+    def undeclared(within, position, num_relevant):
+        return position
+
+    g = torch.Generator().manual_seed(4)
+    q, gal = torch.randn(30, 8, generator=g), torch.randn(200, 8, generator=g)
+    qg, gg = torch.arange(30) % 4, torch.arange(200) % 4  # 50 relevant items per query
+    full = rank(q, gal, qg, gg)
+    cut = rank(q, gal, qg, gg, needs=Needs(depth=10, sums=(at_hit,)))
+    assert full.depth is None and len(full.positions) == 30 * 50
+    assert cut.depth == 10 and len(cut.positions) <= 30 * 10 and np.all(cut.positions <= 10)
+    assert np.array_equal(cut.ranks, full.ranks) and np.array_equal(cut.num_relevant, full.num_relevant)
+    inside = full.positions <= 10  # the kept ranks are exactly the full ranking's top 10
+    assert np.array_equal(cut.positions, full.positions[inside])
+    assert np.array_equal(cut.index_within_query, full.index_within_query[inside])
+    assert np.array_equal(cut.query_of_position, full.query_of_position[inside])
+    assert np.allclose(cut.per_query_sum(at_hit), full.per_query_sum(at_hit))  # summed while ranking / from every rank
+    with pytest.raises(LookupError, match="declares f in its needs"):
+        cut.per_query_sum(undeclared)
+
+    class ThirdParty:  # a metric written before Needs existed: it reads every rank, so it gets every rank
+        def __call__(self, rankings):
+            return {}
+
+    assert Needs.of([ThirdParty(), build(load_plugins()["metric"].get("recall"))]).depth is None
+    assert Needs.of([build(load_plugins()["metric"].get("ndcg"), k=[3, 20])]) == Needs(depth=20)

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import pytorch_lightning as pl
 import torch
 
-from xmcore.evaluation import compute_metrics, rank_directions
+from xmcore.evaluation import compute_metrics, evaluate, rank_directions
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -33,7 +33,7 @@ class RetrievalValidation(pl.Callback):
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         embeddings = embed_items(module, self.split.modalities, self.loaders())
-        values = compute_metrics(rank_directions(embeddings, self.split), self.metrics)
+        values = evaluate(embeddings, self.split, self.metrics)[1]
         for key, value in values.items():
             module.log(f"val/{key}", value, prog_bar=key == "rsum")
 

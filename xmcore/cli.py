@@ -246,7 +246,7 @@ def cmd_evaluate(args) -> int:
     from pydantic import TypeAdapter, ValidationError
 
     from xmcore.errors import RecipeError
-    from xmcore.evaluation import compute_metrics, load_embeddings_file, metrics_table, rank_directions
+    from xmcore.evaluation import evaluate, load_embeddings_file, metrics_table
     from xmcore.io import atomic_write_text, write_json
     from xmcore.plugins import load_plugins
     from xmcore.recipe import DEFAULT_METRICS, MetricSection, validate_component
@@ -263,8 +263,7 @@ def cmd_evaluate(args) -> int:
         raise RecipeError(problems)
     metrics = [s.component.build(s.params, BuildContext()) for s in sections]
     split, embeddings = load_embeddings_file(args.embeddings)
-    rankings = rank_directions(embeddings, split)
-    values = compute_metrics(rankings, metrics)
+    rankings, values = evaluate(embeddings, split, metrics)
     write_json(args.out / "metrics.json", values)
     atomic_write_text(args.out / "metrics.md", f"# {args.embeddings.name}\n\n" + metrics_table(values))
     from xmcore.report import write_report

@@ -11,12 +11,22 @@ worst rank, never a lucky one, and results do not depend on sort stability.
 
 Memory is bounded by a block size, not by the number of queries: the
 queries x gallery score matrix is never built.  Every relevant item's rank is
-kept, so metrics over the full ranking (mAP, NDCG) are exact too.
+computed, so metrics over the full ranking (mAP, NDCG) are exact too; what is
+*kept* of those ranks is what the metrics declare they read (:class:`Needs`):
+each query's first relevant rank and number of relevant items always, the
+relevant ranks down to a depth (R@K, P@K, NDCG@K need the top K), and per-query
+sums over every relevant item (mAP).  With relevance by class (10 classes,
+100k x 100k: 10^9 relevant ranks) that is what keeps memory bounded.
+
+Queries with few relevant items (a caption's own image) count the irrelevant
+items scored above each relevant one; queries with many (a class) sort their
+row once instead.  Both give the same ranks (tests/test_evaluation.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import numpy as np
@@ -36,13 +46,53 @@ class NonFiniteEmbeddings(ValueError):
     """Embeddings with NaN/inf: every comparison with NaN is false, which would rank every query first."""
 
 
+PerItem = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+"""A function summed over every relevant item of a query: ``f(within, position, num_relevant)`` -> weights,
+where ``within`` is 1 for the query's best-ranked relevant item, 2 for the next, ...; ``position`` that
+item's rank; ``num_relevant`` the query's number of relevant items (all arrays of the same length)."""
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a metric reads from a :class:`Ranking` besides ``ranks`` and ``num_relevant`` (always there).
+
+    A metric callable declares it as its attribute ``needs``; the evaluator keeps the union of its
+    metrics' needs and nothing more.  ``depth``: each query's relevant ranks down to this rank stay in
+    ``positions`` (0: none; ``None``: every one -- what a metric without ``needs`` gets, as before
+    ``Needs`` existed).  ``sums``: :data:`PerItem` functions summed over *every* relevant item while
+    ranking, read back with :meth:`Ranking.per_query_sum`; module-level functions, so that two
+    metrics asking for the same sum share it.
+    """
+
+    depth: int | None = 0
+    sums: tuple[PerItem, ...] = ()
+
+    @classmethod
+    def of(cls, metrics) -> "Needs":
+        """The union of what ``metrics`` read; a metric that declares nothing reads every relevant rank."""
+        depth: int | None = 0
+        sums: list[PerItem] = []
+        for metric in metrics:
+            need = getattr(metric, "needs", None)
+            if need is None or need.depth is None:
+                depth = None
+            elif depth is not None:
+                depth = max(depth, need.depth)
+            sums += [f for f in (need.sums if need else ()) if f not in sums]
+        return cls(depth, tuple(sums))
+
+
+EVERYTHING = Needs(depth=None)
+
+
 @dataclass
 class Ranking:
     """One retrieval direction's result.
 
-    ``ranks[q]`` is query q's first relevant rank (1-based).  ``positions`` holds,
-    query after query, the rank of every relevant gallery item in ascending order;
-    query q's slice is ``positions[offsets[q]:offsets[q + 1]]`` (``num_relevant[q]`` long).
+    ``ranks[q]`` is query q's first relevant rank (1-based); ``num_relevant[q]`` its number of relevant
+    items.  ``positions`` holds, query after query, the rank of each relevant gallery item in ascending
+    order -- all of them, or (``depth``) those ranked at or above ``depth``; query q's slice is
+    ``positions[offsets[q]:offsets[q + 1]]``.  :meth:`per_query_sum` gives sums over every relevant item.
     """
 
     direction: str
@@ -50,20 +100,37 @@ class Ranking:
     positions: np.ndarray | None = None
     offsets: np.ndarray | None = None
     gallery_size: int = 0
+    depth: int | None = None  # positions keeps ranks <= depth (None: every relevant item's)
+    relevant: np.ndarray | None = None  # each query's number of relevant items, when positions is cut at depth
+    sums: dict[PerItem, np.ndarray] = field(default_factory=dict)
 
     @property
     def num_relevant(self) -> np.ndarray:
-        return np.diff(self.offsets)
+        return self.relevant if self.relevant is not None else np.diff(self.offsets)
 
     @property
     def query_of_position(self) -> np.ndarray:
         """For each entry of ``positions``, its query."""
-        return np.repeat(np.arange(len(self.ranks)), self.num_relevant)
+        return np.repeat(np.arange(len(self.ranks)), np.diff(self.offsets))
 
     @property
     def index_within_query(self) -> np.ndarray:
         """For each entry of ``positions``, 1 for the query's best-ranked relevant item, 2 for the next, ..."""
-        return np.arange(len(self.positions)) - np.repeat(self.offsets[:-1], self.num_relevant) + 1
+        kept = np.diff(self.offsets)
+        return np.arange(len(self.positions)) - np.repeat(self.offsets[:-1], kept) + 1
+
+    def per_query_sum(self, f: PerItem) -> np.ndarray:
+        """``f`` summed over every relevant item of each query (see :data:`PerItem`)."""
+        if f in self.sums:
+            return self.sums[f]
+        if self.depth is None and self.positions is not None:  # every rank is kept: sum them now
+            counts = np.repeat(self.num_relevant, np.diff(self.offsets))
+            weights = f(self.index_within_query, self.positions, counts)
+            return np.bincount(self.query_of_position, weights=weights, minlength=len(self.ranks)).astype(float)
+        raise LookupError(
+            f"ranking {self.direction} kept no sum of {getattr(f, '__qualname__', f)}: a metric that reads "
+            "per_query_sum(f) declares f in its needs (xmcore.evaluation.Needs(sums=(f,)))"
+        )
 
 
 class Rankings(dict):
@@ -118,6 +185,10 @@ def _check_finite(**embeddings: torch.Tensor) -> None:
             raise NonFiniteEmbeddings(f"{name} embeddings contain NaN or infinite values")
 
 
+SORT_ABOVE = 8
+"""Queries with more relevant items than this on average (in a chunk) are ranked by sorting their rows."""
+
+
 @torch.no_grad()
 def rank(
     queries: torch.Tensor,
@@ -127,13 +198,14 @@ def rank(
     direction: str = "",
     block_elements: int = 2**24,
     normalized: bool = False,
+    needs: Needs | None = None,
 ) -> Ranking:
-    """Exact ranks of every relevant gallery item for each query, by cosine similarity.
+    """Exact ranks of every relevant gallery item for each query, by cosine similarity; of those, the
+    :class:`Ranking` keeps what ``needs`` asks for (default: everything).
 
     An item is relevant to a query when their groups are equal; every query needs at
-    least one.  Queries are scored in chunks against the whole gallery and each
-    relevant item's rank is counted, never sorted for: memory stays
-    O(``block_elements``), about 4 bytes each, whatever the number of queries.
+    least one.  Queries are scored in chunks against the whole gallery: memory stays
+    O(``block_elements``) plus what is kept, whatever the number of queries.
 
     Ties are pessimistic: an irrelevant item scored exactly like a relevant one ranks
     above it; tied relevant items keep gallery order among themselves.
@@ -142,9 +214,10 @@ def rank(
     if not normalized:
         queries = torch.nn.functional.normalize(queries.float(), dim=-1)
         gallery = torch.nn.functional.normalize(gallery.float(), dim=-1)
+    needs = EVERYTHING if needs is None else needs
     qg = torch.as_tensor(np.asarray(query_groups), dtype=torch.long)
     gg = torch.as_tensor(np.asarray(gallery_groups), dtype=torch.long)
-    n_gallery = len(gallery)
+    n_queries, n_gallery = len(queries), len(gallery)
 
     # Relevant items per query, known before scoring: chunks are sized to them.
     values, counts = torch.unique(gg, return_counts=True)
@@ -152,46 +225,98 @@ def rank(
     per_query = np.array([lookup.get(g, 0) for g in qg.tolist()], dtype=np.int64)
     if (per_query == 0).any():
         raise ValueError(f"{(per_query == 0).sum()} queries have no relevant item in the gallery")
-    offsets = np.concatenate([[0], np.cumsum(per_query)])
-    positions = np.empty(offsets[-1], dtype=np.int64)
 
+    first = np.empty(n_queries, dtype=np.int64)
+    sums = {f: np.zeros(n_queries) for f in needs.sums}
+    kept_rows, kept_positions = [], []
     rows_per_chunk = max(1, block_elements // max(1, n_gallery))
-    for start in range(0, len(queries), rows_per_chunk):
-        stop = min(len(queries), start + rows_per_chunk)
+    for start in range(0, n_queries, rows_per_chunk):
+        stop = min(n_queries, start + rows_per_chunk)
         scores = queries[start:stop] @ gallery.T
         relevant = qg[start:stop, None] == gg[None, :]
-        rows, cols = relevant.nonzero(as_tuple=True)  # row-major: by query, then gallery order
-        rel_scores = scores[rows, cols]
-        # Relevant items ranked above each relevant item: higher score, or equal score and earlier in the gallery.
-        order = np.lexsort((cols.numpy(), -rel_scores.numpy(), rows.numpy()))
-        chunk_offsets = offsets[start : stop + 1] - offsets[start]
-        within = np.empty(len(order), dtype=np.int64)
-        within[order] = np.arange(len(order)) - np.repeat(chunk_offsets[:-1], per_query[start:stop])
-        # Irrelevant items scored at least as high, counted in blocks of entries.
-        ahead = torch.empty(len(rows), dtype=torch.long)
-        step = max(1, block_elements // 2 // max(1, n_gallery))
-        for e in range(0, len(rows), step):
-            r = rows[e : e + step]
-            block = scores[r] >= rel_scores[e : e + step, None]
-            ahead[e : e + step] = (block & ~relevant[r]).sum(dim=1)
-        ranked = 1 + ahead.numpy() + within
-        # Store each query's positions in ascending order.
-        sort_within = np.lexsort((ranked, rows.numpy()))
-        positions[offsets[start] : offsets[stop]] = ranked[sort_within]
-    first = positions[offsets[:-1]]
-    return Ranking(direction, first, positions, offsets, n_gallery)
+        counts = per_query[start:stop]
+        if counts.mean() > SORT_ABOVE:
+            rows, positions = _ranks_by_sorting(scores.numpy(), relevant.numpy())
+        else:
+            rows, positions = _ranks_by_counting(scores, relevant, block_elements)
+        # rows ascending, each query's positions ascending: the k-th entry of a query is its k-th relevant item
+        within = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts) + 1
+        first[start:stop] = positions[within == 1]
+        for f, total in sums.items():
+            total[start:stop] = np.bincount(rows, weights=f(within, positions, counts[rows]), minlength=stop - start)
+        keep = slice(None) if needs.depth is None else positions <= needs.depth
+        kept_rows.append(rows[keep] + start)
+        kept_positions.append(positions[keep])
+    rows = np.concatenate(kept_rows) if kept_rows else np.empty(0, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n_queries))])
+    positions = np.concatenate(kept_positions) if kept_positions else np.empty(0, dtype=np.int64)
+    return Ranking(direction, first, positions, offsets, n_gallery, needs.depth, per_query, sums)
+
+
+def _ranks_by_counting(scores: torch.Tensor, relevant: torch.Tensor, block_elements: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each relevant item's rank: 1 + the irrelevant items scored at least as high + the relevant items
+    ranked above it.  Cost: relevant items x gallery -- for queries with few relevant items.
+    Returns (row, rank) pairs by row, then rank."""
+    n_gallery = scores.shape[1]
+    rows, cols = relevant.nonzero(as_tuple=True)  # row-major: by query, then gallery order
+    rel_scores = scores[rows, cols]
+    rows_np = rows.numpy()
+    # Relevant items ranked above each relevant item: higher score, or equal score and earlier in the gallery.
+    order = np.lexsort((cols.numpy(), -rel_scores.numpy(), rows_np))
+    counts = np.bincount(rows_np, minlength=scores.shape[0])
+    within = np.empty(len(order), dtype=np.int64)
+    within[order] = np.arange(len(order)) - np.repeat(np.cumsum(counts) - counts, counts)
+    # Irrelevant items scored at least as high, counted in blocks of entries.
+    ahead = torch.empty(len(rows), dtype=torch.long)
+    step = max(1, block_elements // 2 // max(1, n_gallery))
+    for e in range(0, len(rows), step):
+        r = rows[e : e + step]
+        block = scores[r] >= rel_scores[e : e + step, None]
+        ahead[e : e + step] = (block & ~relevant[r]).sum(dim=1)
+    ranked = 1 + ahead.numpy() + within
+    order = np.lexsort((ranked, rows_np))
+    return rows_np[order], ranked[order]
+
+
+def _ranks_by_sorting(scores: np.ndarray, relevant: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each relevant item's rank, from one sort of each row.  Cost: gallery x log(gallery) per query,
+    whatever its number of relevant items -- for queries with many (a class).  ``scores`` is overwritten.
+
+    Every score becomes an integer that sorts like it, descending, with one more bit that is set for a
+    relevant item: among equal scores the irrelevant items sort first (pessimistic ties).  Tied relevant
+    items take the same set of places in any order, and the metrics read only that set.
+    Returns (row, rank) pairs by row, then rank."""
+    np.add(scores, np.float32(0), out=scores)  # -0.0 becomes +0.0, so that equal scores get equal keys
+    bits = scores.view(np.int32)
+    ordered = bits >> 31
+    ordered &= 0x7FFFFFFF
+    ordered ^= bits  # IEEE-754 floats as integers in the same order
+    keys = ordered.astype(np.int64)
+    del ordered
+    np.invert(keys, out=keys)  # descending
+    keys <<= 1
+    keys |= relevant
+    keys.sort(axis=1)
+    lowest_byte = 0 if sys.byteorder == "little" else 7
+    flags = keys.view(np.uint8)[:, lowest_byte::8] & 1
+    del keys
+    flat = np.flatnonzero(flags)
+    n_gallery = relevant.shape[1]
+    rows = flat // n_gallery
+    return rows, flat - rows * n_gallery + 1
 
 
 def first_relevant_ranks(queries, gallery, query_groups, gallery_groups, block_elements: int = 2**24) -> np.ndarray:
     """Rank (1-based) of the best-placed relevant gallery item for each query."""
-    return rank(queries, gallery, query_groups, gallery_groups, block_elements=block_elements).ranks
+    return rank(queries, gallery, query_groups, gallery_groups, block_elements=block_elements, needs=Needs()).ranks
 
 
 def rank_directions(
-    embeddings: Mapping[str, torch.Tensor], split: Split, block_elements: int = 2**24
+    embeddings: Mapping[str, torch.Tensor], split: Split, block_elements: int = 2**24, needs: Needs | None = None
 ) -> Rankings:
     """Rankings for every direction between the split's modalities (:func:`directions`): ``i2t`` and
-    ``t2i`` for an image/text split."""
+    ``t2i`` for an image/text split.  ``needs`` (``Needs.of(metrics)``) says what to keep of the ranks;
+    default: everything."""
     pairs = directions(split.modalities)
     _check_finite(**{m: embeddings[m] for m in split.modalities})
     normalised = {m: _unit(embeddings[m]) for m in split.modalities}
@@ -199,10 +324,16 @@ def rank_directions(
     out = {}
     for query, gallery in pairs:
         name = direction_name(query, gallery)
-        out[name] = rank(
-            normalised[query], normalised[gallery], groups[query], groups[gallery], name, block_elements, normalized=True
-        )
+        out[name] = rank(normalised[query], normalised[gallery], groups[query], groups[gallery], name, block_elements,
+                         normalized=True, needs=needs)
     return Rankings(out, normalised)
+
+
+def evaluate(embeddings: Mapping[str, torch.Tensor], split: Split, metrics: list[Metric],
+             block_elements: int = 2**24) -> tuple[Rankings, dict[str, float]]:
+    """Rank every direction, keeping what ``metrics`` read (:class:`Needs`), and compute them."""
+    rankings = rank_directions(embeddings, split, block_elements, Needs.of(metrics))
+    return rankings, compute_metrics(rankings, metrics)
 
 
 rank_both_directions = rank_directions  # the name before splits could hold more than two modalities

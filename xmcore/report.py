@@ -246,7 +246,7 @@ def regenerate(run_dir: Path, plugins) -> Path:
 
     from xmcore.embeddings import load_embeddings
     from xmcore.errors import XmcoreError
-    from xmcore.evaluation import rank_both_directions
+    from xmcore.evaluation import Needs, rank_directions
     from xmcore.recipe import load_recipe, validate
 
     needed = [run_dir / n for n in ("embeddings.npz", "metrics.json")]
@@ -256,7 +256,8 @@ def regenerate(run_dir: Path, plugins) -> Path:
     loaded = load_embeddings(run_dir / "embeddings.npz", what="report")  # this format or an older run's
     emb, modalities = loaded.embeddings, loaded.split.modalities
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    rankings = rank_both_directions({m: torch.from_numpy(e) for m, e in emb.items()}, loaded.split)
+    # the figures read first relevant ranks only
+    rankings = rank_directions({m: torch.from_numpy(e) for m, e in emb.items()}, loaded.split, needs=Needs())
     split = None
     recipe_path = run_dir / "recipe.yaml"
     if recipe_path.is_file():

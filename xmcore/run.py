@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from xmcore.errors import RunError, XmcoreError
-from xmcore.evaluation import NonFiniteEmbeddings, compute_metrics, metrics_table, rank_directions
+from xmcore.evaluation import NonFiniteEmbeddings, evaluate, metrics_table
 from xmcore.io import atomic_write_text, write_json, write_yaml
 from xmcore.plugins import Plugins
 from xmcore.recipe import Recipe
@@ -359,13 +359,12 @@ def evaluate_and_write(module, datamodule, built: Built, recipe: Recipe, out_dir
     split = built.data.splits[recipe.eval.split]
     embeddings = embed_split(module, datamodule, recipe, split, checkpoint)
     try:
-        rankings = rank_directions(embeddings, split)
+        rankings, metrics = evaluate(embeddings, split, built.metrics)
     except NonFiniteEmbeddings as exc:
         raise RunError(
             f"evaluation: {exc}: the model diverged (see val/loss in the run's logs/metrics.csv); "
             "lower optimizer.lr or set trainer.gradient_clip_val"
         ) from None
-    metrics = compute_metrics(rankings, built.metrics)
     write_json(out_dir / "metrics.json", metrics)
     atomic_write_text(out_dir / "metrics.md", f"# {title}\n\n" + metrics_table(metrics))
     normalised = {m: e.numpy() for m, e in rankings.embeddings.items()}

@@ -194,25 +194,34 @@ def check_loss(component: Component) -> None:
 
 
 def check_metric(component: Component) -> None:
-    """Returns finite floats under ``<direction>/<metric>`` or bare global ids, for a real evaluation."""
+    """Returns finite floats under ``<direction>/<metric>`` or bare global ids, for a real evaluation; with
+    relevance by class too.  A metric that declares ``needs`` gets the same values from a ranking that kept
+    only what it declared as from one that kept every rank."""
     import numpy as np
     import torch
 
     from xmcore.data import Split
-    from xmcore.evaluation import rank_directions
+    from xmcore.evaluation import evaluate, rank_directions
 
     g = torch.Generator().manual_seed(0)
     owner = np.repeat(np.arange(6), 2)
-    split = Split(("image", "text"), {"image": list(range(6)), "text": list(range(12))}, owner)
     embeddings = {"image": torch.randn(6, 8, generator=g), "text": torch.randn(12, 8, generator=g)}
-    rankings = rank_directions(embeddings, split)
     metric = build(component)
-    values = metric(rankings)
-    assert values, "a metric returns at least one value"
-    for key, value in values.items():
-        direction, sep, _ = key.partition("/")
-        assert not sep or direction in rankings, key
-        assert math.isfinite(float(value)), (key, value)
+    for labels in (None, np.arange(6) % 2):
+        split = Split(("image", "text"), {"image": list(range(6)), "text": list(range(12))}, owner, labels,
+                      "owner" if labels is None else "label")
+        rankings = rank_directions(embeddings, split)
+        values = metric(rankings)
+        assert values, "a metric returns at least one value"
+        for key, value in values.items():
+            direction, sep, _ = key.partition("/")
+            assert not sep or direction in rankings, key
+            assert math.isfinite(float(value)), (key, value)
+        if getattr(metric, "needs", None) is not None:
+            kept = evaluate(embeddings, split, [metric])[1]
+            assert kept.keys() == values.keys() and all(math.isclose(kept[k], values[k], abs_tol=1e-12) for k in kept), (
+                "the values differ when the ranking keeps only what the metric's `needs` declares", kept, values
+            )
 
 
 def check_dataset(component: Component, ctx: BuildContext | None = None, **params: Any) -> None:
