@@ -6,6 +6,7 @@ import pytest
 
 from audio_fixtures import write_audiocaps, write_audiofolder, write_clotho
 from conftest import write_csv, write_image, write_karpathy, write_shards
+from hf_fixtures import write_hub_folder
 from xmcore.plugins import load_plugins
 from xmcore.registry import BuildContext
 from xmcore.testing import (
@@ -48,6 +49,7 @@ FILE_FIXTURES = {
     ("dataset", "imagefolder"): _imagefolder,
     ("dataset", "webdataset"): lambda root: (write_shards(root / "shards", shards=3, per_shard=4), {
         "train": "shards/train-{000000..000001}.tar", "test": "shards/train-000002.tar"})[1],
+    ("dataset", "hf"): lambda root: {"path": str(write_hub_folder(root / "hub")), "label_column": "label"},
     ("augmentation", "synonym-replacement"): _synonyms,
     ("dataset", "audiofolder"): lambda root: {"root": str(write_audiofolder(root / "folder"))},
     ("dataset", "clotho"): lambda root: {"root": str(write_clotho(root / "clotho"))},

@@ -208,6 +208,13 @@ class EvalSection(_Section):
     )
     report: bool = Field(True, description="write report.md with figures (curves, R@K, projection, gallery)")
     metrics: list[MetricSection] = Field(default_factory=lambda: [MetricSection(**m) for m in DEFAULT_METRICS])
+    relevance: Literal["auto", "owner", "label"] = Field(
+        "auto",
+        description="which items are relevant to a query: 'label' every item of its class (the class-level protocol of "
+        "ACMR and DSCMR, read with mAP; the dataset needs labels: csv/jsonl label_column, imagefolder, webdataset .cls), "
+        "'owner' an image and its own captions only, even where the dataset judges by class; 'auto' as the dataset "
+        "says (by class for imagefolder, else by owner). Validation, checkpoint choice and loss.groups=relevance follow it",
+    )
 
 
 class CacheSection(_Section):

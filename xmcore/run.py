@@ -24,6 +24,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from xmcore.errors import RunError, XmcoreError
 from xmcore.evaluation import NonFiniteEmbeddings, evaluate, metrics_table
 from xmcore.io import atomic_write_text, write_json, write_yaml
@@ -108,6 +110,7 @@ def build_data(recipe: Recipe, base_dir: Path, run_dir: Path | None = None):
     section = recipe.data
     data = section.component.build(section.params, BuildContext(seed=recipe.seed, base_dir=base_dir))
     source = f"dataset '{section.name}'" + (f" ({data.description})" if data.description else "")
+    _judge_relevance(data, recipe.eval.relevance, source)  # before data.modalities, which keeps the groups
     if section.modalities:
         data.splits = {name: _select(split, section.modalities, source) for name, split in data.splits.items()}
     reports = {}
@@ -129,6 +132,29 @@ def build_data(recipe: Recipe, base_dir: Path, run_dir: Path | None = None):
         print(f"warning: {source}: skipped {len(problems)} bad items ({counts}); first: {first}", file=sys.stderr)
     _check_data(recipe, data, source)
     return data
+
+
+def _judge_relevance(data, relevance: str, source: str) -> None:
+    """``eval.relevance``: 'owner' and 'label' replace the dataset's own judgement in every split ('auto' keeps it)."""
+    if relevance == "auto":
+        return
+    for name, split in data.splits.items():
+        if relevance == "label":
+            first = split.modalities[0]
+            if split.labels is None:
+                raise XmcoreError(
+                    f"eval.relevance: 'label' ranks by class, but {source} has no class labels in split '{name}'; "
+                    "use a dataset with labels (csv or jsonl with label_column, imagefolder, webdataset with .cls "
+                    "files) or set eval.relevance=auto"
+                )
+            unlabelled = np.flatnonzero(split.labels < 0)
+            if len(unlabelled):
+                raise XmcoreError(
+                    f"eval.relevance: 'label' ranks by class, but {len(unlabelled)} of {len(split.labels)} {first} "
+                    f"items of split '{name}' in {source} have no label (first: {split.items[first][unlabelled[0]]}); "
+                    "give every item a label, or set eval.relevance=auto"
+                )
+        split.relevance = relevance
 
 
 def _select(split, modalities, source: str):

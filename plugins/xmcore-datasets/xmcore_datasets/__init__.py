@@ -1,6 +1,9 @@
-"""Dataset plugins: generated ``shapes``; ``csv``, ``jsonl``, ``karpathy``, ``imagefolder`` and ``webdataset`` files."""
+"""Dataset plugins: generated ``shapes``; ``csv``, ``jsonl``, ``karpathy``, ``imagefolder``, ``webdataset`` and
+Hugging Face datasets (``hf``) files."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -136,6 +139,35 @@ class WebDatasetParams(xmcore.Params):
         return self
 
 
+class HFParams(xmcore.Params):
+    path: xmcore.RecipePath = Field(
+        description="a Parquet or Arrow file, a folder of them (a Hub repository as downloaded: train-*.parquet, "
+        "test/...), or a folder datasets' save_to_disk wrote (a Dataset, or a DatasetDict with its splits); relative to the recipe"
+    )
+    image_column: str = Field("image", description="column with the image: bytes, a path (relative to its file), or a datasets Image feature")
+    caption_column: str = Field("caption", description="column with the caption, or a list of captions")
+    label_column: str | None = Field(None, description="optional column with a class label (a ClassLabel's names are kept)")
+    id_column: str | None = Field(
+        None, description="optional column naming the image: rows with the same value are one image with several "
+        "captions; default: the path where images are paths, else each row is an image"
+    )
+    split_column: str | None = Field(None, description="optional column with each row's split (instead of the files' splits)")
+    splits: dict[Literal["train", "val", "test"], str] | None = Field(
+        None,
+        description="which of the data's splits become train/val/test, e.g. {train: train, val: validation, test: test}; "
+        "default: by name (train; validation/valid/val/dev; test/eval); the others are left out",
+    )
+    split_ratios: Ratios = Field((0.8, 0.1, 0.1), description=RATIOS_HELP + " (or a train split only)")
+    seed: int = Field(0, description="seed of the split when the data has none")
+
+
+def build_hf(params: HFParams, ctx: xmcore.BuildContext):
+    """Hugging Face datasets files: Parquet/Arrow files, save_to_disk folders, Hub downloads (read with pyarrow)."""
+    from xmcore_datasets.hf import read_hf
+
+    return read_hf(params, ctx)
+
+
 def build_webdataset(params: WebDatasetParams, ctx: xmcore.BuildContext):
     """Tar shards of jpg/png + txt (+ cls/json), indexed once and read by offset; brace patterns."""
     from xmcore_datasets.webdataset import read_webdataset
@@ -194,3 +226,4 @@ def xmcore_register_datasets(register):
     register("karpathy", build_karpathy, params=KarpathyParams, modalities=IMAGE_TEXT, test_params=lambda: None)
     register("imagefolder", build_imagefolder, params=ImageFolderParams, modalities=IMAGE_TEXT, test_params=lambda: None)
     register("webdataset", build_webdataset, params=WebDatasetParams, modalities=IMAGE_TEXT, test_params=lambda: None)
+    register("hf", build_hf, params=HFParams, modalities=IMAGE_TEXT, test_params=lambda: None)

@@ -42,7 +42,9 @@ def from_records(
     make = {m: _item_maker(m) for m in modalities}
     owners: dict[Path, dict[str, Any]] = {}
     for r in records:
-        entry = owners.setdefault(r["owner"], {"members": [], "label": r.get("label"), "split": r.get("split")})
+        label = r.get("label")
+        label = None if label is None or not str(label).strip() else label  # an empty cell: no label, not a class ""
+        entry = owners.setdefault(r["owner"], {"members": [], "label": label, "split": r.get("split")})
         entry["members"].append(r["member"])
     if not owners:
         raise XmcoreError(f"{source}: no rows")

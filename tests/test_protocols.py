@@ -1,0 +1,151 @@
+"""Evaluation protocols: relevance by class or by owner (``eval.relevance``).
+
+The references are computed independently of xmcore's evaluator, as in test_conformance.py: torchmetrics over the
+full score matrix, with relevance read from the fixture files themselves (the CSV's label column, the images'
+own captions), not from the splits xmcore built.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torchmetrics.retrieval import RetrievalHitRate, RetrievalMAP
+
+from conftest import ROOT, cli, write_csv
+from test_conformance import metrics, reference
+from xmcore.errors import XmcoreError
+from xmcore.evaluation import evaluate
+from xmcore.plugins import load_plugins
+from xmcore.recipe import load_recipe, validate
+from xmcore.run import build_data
+from xmcore.testing import TINY_TRAINER
+
+PLUGINS = load_plugins()
+QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
+COLOURS = ["red", "green", "blue", "yellow"]
+
+
+def write_labelled_csv(tmp_path, test_images=9, unlabelled=0):
+    """A CSV (path, caption, colour, split) with real images: 8 training, 2 validation and ``test_images`` test
+    images; image k is drawn in colour k % 3 and has two captions; the last ``unlabelled`` test images have no
+    colour.  Returns the test rows."""
+    from conftest import write_image
+
+    rows = []
+    for split, count in (("train", 8), ("val", 2), ("test", test_images)):
+        for k in range(count):
+            colour = COLOURS[k % 3]
+            write_image(tmp_path / "img" / f"{split}{k}.png", colour)
+            label = "" if split == "test" and k >= count - unlabelled else colour
+            rows += [(f"img/{split}{k}.png", f"{colour} square {k} caption {c}", label, split) for c in range(2)]
+    write_csv(tmp_path, rows=rows)
+    return [r for r in rows if r[3] == "test"]
+
+
+def csv_overrides(tmp_path, *extra):
+    return ["data.name=csv", f"data.path={tmp_path / 'data.tsv'}", "data.label_column=colour",
+            "data.split_column=split", *extra]
+
+
+def built_test_split(tmp_path, *overrides):
+    recipe = validate(load_recipe(QUICKSTART, csv_overrides(tmp_path, *overrides)), PLUGINS)
+    return build_data(recipe, tmp_path).splits["test"]
+
+
+def relevance_from_rows(rows, by):
+    """queries x gallery relevance for i2t and t2i, read from the CSV rows: same image, or same colour."""
+    images = list(dict.fromkeys(r[0] for r in rows))
+    colour = {r[0]: r[2] for r in rows}
+    if by == "owner":
+        i2t = torch.tensor([[r[0] == image for r in rows] for image in images])
+    else:
+        i2t = torch.tensor([[colour[r[0]] == colour[image] for r in rows] for image in images])
+    return {"i2t": i2t, "t2i": i2t.T}
+
+
+def references(emb, relevant):
+    unit = {m: torch.nn.functional.normalize(e, dim=-1) for m, e in emb.items()}
+    scores = {"i2t": unit["image"] @ unit["text"].T, "t2i": unit["text"] @ unit["image"].T}
+    out = {}
+    for d in ("i2t", "t2i"):
+        out[f"{d}/mAP"] = reference(scores[d], relevant[d], RetrievalMAP)
+        out[f"{d}/R@1"] = reference(scores[d], relevant[d], RetrievalHitRate, top_k=1)
+        out[f"{d}/R@5"] = reference(scores[d], relevant[d], RetrievalHitRate, top_k=5)
+    return out
+
+
+def random_embeddings(split, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {m: torch.randn(len(split.items[m]), 8, generator=g) for m in split.modalities}
+
+
+@pytest.mark.parametrize("relevance, by", [("label", "label"), ("auto", "owner"), ("owner", "owner")])
+def test_csv_relevance_against_references(relevance, by, tmp_path):
+    rows = write_labelled_csv(tmp_path)
+    split = built_test_split(tmp_path, f"eval.relevance={relevance}")
+    assert split.relevance == by
+    emb = random_embeddings(split)
+    ours = evaluate(emb, split, metrics())[1]
+    expected = references(emb, relevance_from_rows(rows, by))
+    for key, value in expected.items():
+        assert ours[key] == pytest.approx(value, abs=1e-6), key
+    other = references(emb, relevance_from_rows(rows, "owner" if by == "label" else "label"))
+    assert ours["i2t/mAP"] != pytest.approx(other["i2t/mAP"], abs=1e-3)  # the two protocols differ on this data
+
+
+def test_owner_relevance_overrides_a_dataset_that_judges_by_class(tmp_path):
+    from conftest import write_image
+
+    for split in ("train", "val", "test"):
+        for colour in ("red", "blue"):
+            for i in range(3):
+                write_image(tmp_path / "folders" / split / colour / f"{i}.png", colour)
+    base = ["data.name=imagefolder", f"data.root={tmp_path / 'folders'}", "data.templates=['a {label} one', 'the {label}']"]
+    auto = build_data(validate(load_recipe(QUICKSTART, base), PLUGINS), tmp_path).splits["test"]
+    owner = build_data(validate(load_recipe(QUICKSTART, [*base, "eval.relevance=owner"]), PLUGINS), tmp_path).splits["test"]
+    assert auto.relevance == "label" and owner.relevance == "owner"
+    emb = random_embeddings(owner, seed=1)
+    captions = [(str(img), t) for img, k in zip(owner.items["image"], range(6)) for t in range(2)]
+    i2t = torch.tensor([[c[0] == str(img) for c in captions] for img in owner.items["image"]])
+    expected = references(emb, {"i2t": i2t, "t2i": i2t.T})
+    ours = evaluate(emb, owner, metrics())[1]
+    for key, value in expected.items():
+        assert ours[key] == pytest.approx(value, abs=1e-6), key
+    by_class = evaluate(emb, auto, metrics())[1]
+    assert by_class["i2t/mAP"] != pytest.approx(ours["i2t/mAP"], abs=1e-3)
+
+
+def test_label_relevance_needs_labels(tmp_path, capfd):
+    write_labelled_csv(tmp_path)
+    recipe = validate(load_recipe(QUICKSTART, [*csv_overrides(tmp_path), "data.label_column=null",
+                                               "eval.relevance=label"]), PLUGINS)
+    with pytest.raises(XmcoreError) as raised:
+        build_data(recipe, tmp_path)
+    message = str(raised.value)
+    assert "eval.relevance: 'label' ranks by class, but dataset 'csv'" in message
+    assert "label_column" in message and "eval.relevance=auto" in message  # the fix
+
+    result = cli(capfd, "run", QUICKSTART, "eval.relevance=label", *TINY_TRAINER, "--out", tmp_path / "run")
+    assert result.returncode == 2 and "dataset 'shapes'" in result.stderr and "no class labels" in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before training
+
+
+def test_label_relevance_refuses_unlabelled_items(tmp_path):
+    write_labelled_csv(tmp_path, unlabelled=2)
+    with pytest.raises(XmcoreError, match=r"2 of 9 image items of split 'test' .* have no label \(first: .*test7.png\)"):
+        built_test_split(tmp_path, "eval.relevance=label")
+
+
+def test_a_run_with_label_relevance_reports_class_level_metrics(tmp_path, capfd):
+    rows = write_labelled_csv(tmp_path)
+    out = tmp_path / "run"
+    result = cli(capfd, "run", QUICKSTART, *csv_overrides(tmp_path, "eval.relevance=label"), "encoders.image.img_size=32",
+                 *TINY_TRAINER, "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    values = json.loads((out / "metrics.json").read_text())
+    saved = np.load(out / "embeddings.npz")
+    emb = {m: torch.from_numpy(saved[m]) for m in ("image", "text")}
+    expected = references(emb, relevance_from_rows(rows, "label"))
+    for key, value in expected.items():
+        assert values[key] == pytest.approx(value, abs=1e-6), key
