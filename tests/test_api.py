@@ -238,6 +238,7 @@ README = (ROOT / "README.md").read_text()
 @pytest.mark.xfail("## Use from Python" not in README, strict=True, reason="the README has no 'Use from Python' section yet")
 def test_the_readme_python_example_runs_as_written(trained_run, gallery_index, plugins, tmp_path, monkeypatch, capsys):
     """The README's example, after its CLI commands (runs/shapes, indexes/shapes), with a tiny trainer for xmcore.run."""
+    import xmcore.api
     from xmcore.testing import tiny_overrides
 
     section = README.split("## Use from Python", 1)[1]
