@@ -10,7 +10,7 @@ from hf_fixtures import write_hub_folder
 from xmcore.plugins import load_plugins
 from xmcore.registry import BuildContext
 from xmcore.testing import (
-    check_augmentation, check_dataset, check_encoder, check_fusion, check_loss, check_metric,
+    check_augmentation, check_dataset, check_encoder, check_explainer, check_fusion, check_loss, check_metric,
     component_test_params,
 )
 
@@ -77,7 +77,7 @@ def cases(kind, per_modality=False):
 
 def test_every_first_party_component_is_tested_here():
     """A skip here means an optional package is missing, never a component of ours without a fixture."""
-    untested = [(kind, c.name) for kind in ("dataset", "augmentation", "encoder", "fusion", "loss", "metric")
+    untested = [(kind, c.name) for kind in ("dataset", "augmentation", "encoder", "fusion", "loss", "metric", "explainer")
                 for c in PLUGINS[kind] if c.plugin.startswith("xmcore-") and component_test_params(c) is None
                 and (kind, c.name) not in FILE_FIXTURES and c.name != "sentence-transformers"
                 and not (c.name == "spoken-shapes" and shutil.which("espeak-ng") is None)]  # a Debian package
@@ -114,12 +114,17 @@ def test_augmentation_contract(component, modality, tmp_path):
     check_augmentation(component, modality, BuildContext(base_dir=tmp_path), **fixture_params(component, tmp_path))
 
 
-@pytest.mark.parametrize("kind", ["dataset", "encoder", "fusion", "loss", "metric"])
+@pytest.mark.parametrize("component, modality", cases("explainer", per_modality=True))
+def test_explainer_contract(component, modality):
+    check_explainer(component, modality)
+
+
+@pytest.mark.parametrize("kind", ["dataset", "encoder", "fusion", "loss", "metric", "explainer"])
 def test_every_kind_has_components(kind):
     assert len(PLUGINS[kind]) > 0
 
 
-@pytest.mark.parametrize("kind", ["dataset", "augmentation", "encoder", "fusion", "loss", "metric"])
+@pytest.mark.parametrize("kind", ["dataset", "augmentation", "encoder", "fusion", "loss", "metric", "explainer"])
 def test_every_parameter_is_documented(kind):
     for c in PLUGINS[kind]:
         assert c.help, f"{kind} '{c.name}' has no help line"

@@ -111,9 +111,24 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     srv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
 
+    exp = sub.add_parser("explain", help="which pixels of a picture and which words of a text make them match",
+                         description="Explain a (picture, text) pair with a trained model: a heatmap over the picture "
+                         "(overlay.png, the raw map.npy) and each word's attribution (words.json, words.html).")
+    exp.add_argument("model_dir", type=Path, metavar="RUN_DIR_OR_INDEX", help="a run directory or an index folder")
+    exp.add_argument("--image", type=Path, required=True, metavar="FILE", help="the picture")
+    exp.add_argument("--text", required=True, help="the text, e.g. \"a red circle\"")
+    exp.add_argument("--method", default="gradcam", help="how the picture is explained: gradcam (default), occlusion, "
+                     "integrated-gradients, or any installed explainer (`xmcore plugins` lists them)")
+    exp.add_argument("--text-method", default="integrated-gradients", help="how the words are explained (default "
+                     "integrated-gradients)")
+    exp.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                     help="a parameter of the picture method, e.g. --param layer=model.layer3 (gradcam); repeatable")
+    exp.add_argument("--out", type=Path, help="folder for the files (default: explanations/<picture name>-<time>)")
+    exp.add_argument("--top", type=int, default=5, help="how many words to print (default 5)")
+
     plug = sub.add_parser("plugins", help="list installed plugins and the components they register")
     plug.add_argument("--json", action="store_true", help="print JSON instead of text")
-    for command in (run, sw, ev, rep, idx, srch, srv):
+    for command in (run, sw, ev, rep, idx, srch, srv, exp):
         command.add_argument("--verbose", "-v", action="store_true",
                              help="also show Lightning's notices that need no action (GPU/TPU available, tips, "
                              "deprecations inside Lightning)")
@@ -187,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         commands = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "data": cmd_data,
                     "evaluate": cmd_evaluate, "report": cmd_report, "compare": cmd_compare, "cache": cmd_cache,
                     "sweep": cmd_sweep, "index": cmd_index, "search": cmd_search,
-                    "serve": cmd_serve}
+                    "serve": cmd_serve, "explain": cmd_explain}
         return commands[args.command](args)
     except XmcoreError as exc:
         print(f"error: {exc}" if "\n" not in str(exc) else f"error:\n{exc}", file=sys.stderr)
@@ -488,6 +503,18 @@ def cmd_plugins(args) -> int:
                     default = "required" if p["required"] else f"= {p['default']!r}"
                     print(f"      {p['name']}: {p['type']} {default}" + (f"  -- {p['help']}" if p["help"] else ""))
         print()
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from xmcore.explain.command import explain_pair, summary
+    from xmcore.plugins import load_plugins
+
+    if args.top < 0:
+        raise XmcoreError("--top: expected 0 or more words")
+    result = explain_pair(args.model_dir, args.image, args.text, load_plugins(), args.method, args.text_method,
+                          args.param, args.out)
+    print(summary(result, args.top))
     return 0
 
 

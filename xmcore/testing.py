@@ -254,6 +254,60 @@ def check_augmentation(component: Component, modality: str, ctx: BuildContext | 
         assert type(out) is type(item) or (modality == "image" and hasattr(out, "size")), type(out)
 
 
+def tiny_explain_model(plugins=None):
+    """A small untrained image/text model for :func:`check_explainer`: timm's ``test_resnet`` at 32 pixels, an LSTM
+    over the sample texts' words, a linear common space (the first-party components, seeded)."""
+    import torch
+
+    from xmcore.explain import ExplainModel
+    from xmcore.plugins import load_plugins
+
+    plugins = plugins or load_plugins()
+    torch.manual_seed(0)
+    texts = sample_items("text")
+    encoders = {
+        "image": build(plugins["encoder"].get("timm"), BuildContext(modality="image"), model_name="test_resnet", img_size=32),
+        "text": build(plugins["encoder"].get("lstm"), BuildContext(modality="text", train_items=lambda: texts),
+                      embed_dim=8, hidden=8),
+    }
+    fusion = build(plugins["fusion"].get("linear"), BuildContext(input_dims={m: e.output_dim for m, e in encoders.items()}, dim=8))
+    return ExplainModel(encoders, fusion, "the contract's tiny model")
+
+
+def check_explainer(component: Component, modality: str, model=None, item: Any = None, **params: Any) -> None:
+    """Explains one raw item against the fixed embedding of another modality's item: the score is the pair's
+    cosine; a picture's map is ``[height, width]`` over its own pixels (a non-square sample), finite and not
+    flat; a text's attributions are one finite value per word, not all zero; the model's weights are unchanged.
+
+    ``model`` (an :class:`xmcore.explain.ExplainModel`; default :func:`tiny_explain_model`) and ``item`` are for an
+    explainer that needs another kind of encoder (a ViT, an audio model) than the default's."""
+    import numpy as np
+    import torch
+
+    from xmcore.explain import explain, words_of
+
+    model = model or tiny_explain_model()
+    item = item if item is not None else sample_items(modality, 1, component)[0]
+    other = next(m for m in model.modalities if m != modality)
+    target = model.target(other, sample_items(other, 2, component)[1])
+    before = {m: {k: v.clone() for k, v in e.state_dict().items() if torch.is_tensor(v)} for m, e in model.encoders.items()}
+    validated = component.params.model_validate({**(component_test_params(component) or {}), **params})
+    result = explain(component, validated, model, modality, item, target)
+    assert result.method == component.name and result.modality == modality
+    assert math.isclose(result.score, model.score(modality, item, target), abs_tol=1e-4), (result.score, model.score(modality, item, target))
+    values = np.asarray(result.attributions)
+    assert np.isfinite(values).all(), "attributions must be finite"
+    if modality == "image":
+        assert values.shape == (item.height, item.width), values.shape
+        assert values.max() > values.min(), "a flat map says nothing"
+    elif isinstance(item, str):
+        assert [w.text for w in result.words] == [item[a:b] for a, b in words_of(item)]
+        assert values.shape == (len(result.words),) and np.abs(values).max() > 0
+    for m, encoder in model.encoders.items():
+        after = encoder.state_dict()
+        assert all(torch.equal(before[m][k], after[k]) for k in before[m]), f"explaining changed the {m} encoder's weights"
+
+
 def free_port() -> int:
     """A TCP port of 127.0.0.1 that nothing listens on now (for a test's server or DDP rendezvous)."""
     import socket

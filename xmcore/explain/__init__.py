@@ -52,10 +52,11 @@ class Explanation:
     method: str = ""
     details: dict[str, Any] = field(default_factory=dict)
 
-    def top_words(self, n: int = 5) -> list[Word]:
-        """The ``n`` words that raise the score most, strongest first."""
-        read = [w for w in self.words or [] if w.read]
-        return sorted(read, key=lambda w: -w.attribution)[:n]
+    def top_words(self, n: int = 5, against: bool = False) -> list[Word]:
+        """The ``n`` words that raise the score most, strongest first (``against``: that lower it most)."""
+        sign = -1 if against else 1
+        read = [w for w in self.words or [] if w.read and sign * w.attribution > 0]
+        return sorted(read, key=lambda w: -sign * w.attribution)[:n]
 
 
 def words_of(text: str) -> list[tuple[int, int]]:
@@ -119,10 +120,16 @@ def explain(component, params, model: ExplainModel, modality: str, item: Any, ta
         raise XmcoreError(f"explainer '{component.name}' explains {', '.join(component.modalities)}, not {modality}")
     from xmcore.registry import BuildContext
 
+    from xmcore.data import materialize
+
     explainer = component.build(params, BuildContext(modality=modality))
     result = explainer(model, modality, item, target)
     result = dataclasses.replace(result, method=component.name, attributions=np.asarray(result.attributions, dtype=np.float32))
-    if modality == "image" and result.attributions.shape != (item.height, item.width):
-        raise XmcoreError(f"explainer '{component.name}' returned a map of shape {result.attributions.shape} for a "
-                          f"{item.width} x {item.height} picture; expected [height, width] over its pixels (the plugin's bug)")
+    shape, item = result.attributions.shape, materialize(item)
+    if modality == "image" and shape != (item.height, item.width):
+        raise XmcoreError(f"explainer '{component.name}' returned a map of shape {shape} for a {item.width} x "
+                          f"{item.height} picture; expected [height, width] over its pixels (the plugin's bug)")
+    if result.words is not None and shape != (len(result.words),):
+        raise XmcoreError(f"explainer '{component.name}' returned {shape} attributions for {len(result.words)} words "
+                          "(the plugin's bug)")
     return result

@@ -94,16 +94,16 @@ def summary(result: Explained, top: int = 5) -> str:
 
     image, words = result.image, result.words
     x, y = peak(image.attributions)
-    how = ", ".join(f"{k} {v}" for k, v in image.details.items() if k in ("layer", "grid", "window"))
+    shown = {"layer": "layer {}", "grid": "a {0[0]} x {0[1]} grid", "window": "{} px patches"}
+    how = ", ".join(shown[k].format(v) for k, v in image.details.items() if k in shown)
     lines = [f"score (cosine): {image.score:.4f}",
              f"picture: {image.method}{f' ({how})' if how else ''}; the map peaks at x={x:.0f}, y={y:.0f} "
              f"of {image.attributions.shape[1]} x {image.attributions.shape[0]}"]
-    strongest = words.top_words(top)
-    lines.append(f"words by {words.method}, strongest first: "
-                 + (", ".join(f"{w.text} {w.attribution:+.3f}" for w in strongest) or "(none the model reads)"))
-    against = sorted((w for w in words.words or [] if w.read and w.attribution < 0), key=lambda w: w.attribution)[:3]
+    lines.append(f"words for the match ({words.method}), strongest first: "
+                 + (", ".join(f"{w.text} {w.attribution:+.3f}" for w in words.top_words(top)) or "none"))
+    against = words.top_words(top, against=True)
     if against:
-        lines.append("words against the match: " + ", ".join(f"{w.text} {w.attribution:+.3f}" for w in against))
+        lines.append("words against it: " + ", ".join(f"{w.text} {w.attribution:+.3f}" for w in against))
     unread = [w.text for w in words.words or [] if not w.read]
     if unread:
         lines.append(f"not read by the text model: {' '.join(unread)}")
