@@ -1,4 +1,4 @@
-"""Evaluation protocols: relevance by class or by owner (``eval.relevance``).
+"""Evaluation protocols: relevance by class or by owner (``eval.relevance``), and COCO's 1k folds (``eval.folds``).
 
 The references are computed independently of xmcore's evaluator, as in test_conformance.py: torchmetrics over the
 full score matrix, with relevance read from the fixture files themselves (the CSV's label column, the images'
@@ -15,7 +15,7 @@ from torchmetrics.retrieval import RetrievalHitRate, RetrievalMAP
 from conftest import ROOT, cli, write_csv
 from test_conformance import metrics, reference
 from xmcore.errors import XmcoreError
-from xmcore.evaluation import evaluate
+from xmcore.evaluation import evaluate, evaluate_folds
 from xmcore.plugins import load_plugins
 from xmcore.recipe import load_recipe, validate
 from xmcore.run import build_data
@@ -149,3 +149,58 @@ def test_a_run_with_label_relevance_reports_class_level_metrics(tmp_path, capfd)
     expected = references(emb, relevance_from_rows(rows, "label"))
     for key, value in expected.items():
         assert values[key] == pytest.approx(value, abs=1e-6), key
+
+
+# --------------------------------------------------------------------------- folds
+
+
+def fold_references(emb, owner, folds, fold_size):
+    """Each fold's R@1/R@5/mAP by torchmetrics on the fold's own score matrix, averaged by hand."""
+    per_fold = []
+    for f in range(folds):
+        images = torch.arange(f * fold_size, (f + 1) * fold_size)
+        texts = torch.from_numpy(np.flatnonzero((owner >= f * fold_size) & (owner < (f + 1) * fold_size)))
+        i2t = images[:, None] == torch.from_numpy(owner)[texts][None, :]
+        per_fold.append(references({"image": emb["image"][images], "text": emb["text"][texts]}, {"i2t": i2t, "t2i": i2t.T}))
+    return {key: sum(p[key] for p in per_fold) / folds for key in per_fold[0]}
+
+
+def test_folds_against_a_computation_by_hand():
+    from xmcore.data import Split
+
+    owner = np.repeat(np.arange(13), 3)  # 13 images, 3 captions each; 3 folds of 4 leave the last image out
+    split = Split(("image", "text"), {"image": list(range(13)), "text": list(range(39))}, owner)
+    g = torch.Generator().manual_seed(5)
+    image = torch.randn(13, 8, generator=g)
+    emb = {"image": image, "text": image[owner] + 1.5 * torch.randn(39, 8, generator=g)}
+    ours = evaluate_folds(emb, split, metrics(), folds=3, fold_size=4)
+    expected = fold_references(emb, owner, 3, 4)
+    for key, value in expected.items():
+        assert ours[f"fold/{key}"] == pytest.approx(value, abs=1e-6), key
+    assert ours["fold/rsum"] == pytest.approx(sum(v for k, v in ours.items() if "/R@" in k))
+    whole = evaluate(emb, split, metrics())[1]
+    assert ours["fold/t2i/R@1"] > whole["t2i/R@1"]  # a fold's gallery is a third of the split's: easier
+    with pytest.raises(ValueError, match="4 folds of 4 need 16 image items; the split has 13"):
+        evaluate_folds(emb, split, metrics(), folds=4, fold_size=4)
+
+
+def test_a_run_reports_the_folds_mean_beside_the_full_split(tmp_path, capfd):
+    out = tmp_path / "run"
+    tiny = [*TINY_TRAINER, "data.train=16", "data.val=4", "data.test=9", "data.image_size=32"]
+    result = cli(capfd, "run", QUICKSTART, *tiny, "eval.folds=2", "eval.fold_size=4", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    values = json.loads((out / "metrics.json").read_text())
+    assert "i2t/R@1" in values and "fold/i2t/R@1" in values and "fold/rsum" in values
+    saved = np.load(out / "embeddings.npz")
+    emb = {m: torch.from_numpy(saved[m]) for m in ("image", "text")}
+    expected = fold_references(emb, saved["text_to_image"], 2, 4)
+    for key, value in expected.items():
+        assert values[f"fold/{key}"] == pytest.approx(value, abs=1e-6), key
+    table = (out / "metrics.md").read_text()
+    assert "| fold/i2t |" in table and "| fold/t2i |" in table and "**fold/rsum**" in table
+    assert "| fold/i2t |" in result.stdout
+
+    too_many = cli(capfd, "run", QUICKSTART, *tiny, "eval.folds=5", "eval.fold_size=2", "--out", tmp_path / "again")
+    assert too_many.returncode == 2
+    assert "eval.folds: 5 folds of 2 images need 10, but split 'test' of dataset 'shapes'" in too_many.stderr
+    assert "has 9" in too_many.stderr and not (tmp_path / "again" / "checkpoints").exists()

@@ -339,6 +339,28 @@ def evaluate(embeddings: Mapping[str, torch.Tensor], split: Split, metrics: list
 rank_both_directions = rank_directions  # the name before splits could hold more than two modalities
 
 
+def evaluate_folds(embeddings: Mapping[str, torch.Tensor], split: Split, metrics: list[Metric], folds: int,
+                   fold_size: int, block_elements: int = 2**24) -> dict[str, float]:
+    """The metrics on ``folds`` disjoint folds -- the split's first ``fold_size`` owners (images) with their
+    members (captions), the next ``fold_size``, ... -- averaged over the folds, as ``fold/<id>``.
+
+    COCO's 1k protocol (five folds of the 5k test images; A. Karpathy & L. Fei-Fei, CVPR 2015; F. Faghri
+    et al., VSE++, BMVC 2018): each fold's queries are ranked against that fold's gallery only."""
+    first = split.modalities[0]
+    owners = len(split.items[first])
+    if folds < 1 or fold_size < 1 or folds * fold_size > owners:
+        raise ValueError(f"{folds} folds of {fold_size} need {folds * fold_size} {first} items; the split has {owners}")
+    per_fold = []
+    for i in range(folds):
+        keep = np.zeros(owners, dtype=bool)
+        keep[i * fold_size : (i + 1) * fold_size] = True
+        members = keep[split.owner]
+        fold = split.subset(keep, members)
+        rows = {first: torch.from_numpy(keep), **{m: torch.from_numpy(members) for m in split.members}}
+        per_fold.append(evaluate({m: embeddings[m][rows[m]] for m in split.modalities}, fold, metrics, block_elements)[1])
+    return {f"fold/{key}": float(np.mean([values[key] for values in per_fold])) for key in per_fold[0]}
+
+
 def compute_metrics(rankings: Mapping[str, Ranking], metrics: list[Metric]) -> dict[str, float]:
     """Run every metric; order ids by direction (as the rankings are ordered), then the global ones."""
     values: dict[str, float] = {}
@@ -350,13 +372,15 @@ def compute_metrics(rankings: Mapping[str, Ranking], metrics: list[Metric]) -> d
 
 
 def metrics_table(metrics: Mapping[str, float]) -> str:
-    """A markdown table: one row per direction, one column per metric, then the global metrics."""
+    """A markdown table: one row per direction, one column per metric, then the global metrics; the folds'
+    means (``fold/i2t/R@1``) as rows of their own (``fold/i2t``)."""
     directions: dict[str, dict[str, float]] = {}
     glob = {}
     for key, value in metrics.items():
-        d, sep, m = key.partition("/")
+        prefix = "fold/" if key.startswith("fold/") else ""
+        d, sep, m = key.removeprefix(prefix).partition("/")
         if sep:
-            directions.setdefault(d, {})[m] = value
+            directions.setdefault(prefix + d, {})[m] = value
         else:
             glob[key] = value
     cols = list(dict.fromkeys(m for row in directions.values() for m in row))

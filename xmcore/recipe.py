@@ -215,6 +215,14 @@ class EvalSection(_Section):
         "'owner' an image and its own captions only, even where the dataset judges by class; 'auto' as the dataset "
         "says (by class for imagefolder, else by owner). Validation, checkpoint choice and loss.groups=relevance follow it",
     )
+    folds: int = Field(
+        0,
+        ge=0,
+        description="also evaluate this many disjoint folds of eval.fold_size images (the split's first ones, each with "
+        "its captions) and report their mean as fold/<id> (fold/i2t/R@1, ...): COCO's 1k protocol is folds 5 on the "
+        "5k test split; 0: none",
+    )
+    fold_size: int = Field(1000, gt=0, description="images (owners) per fold of eval.folds")
 
 
 class CacheSection(_Section):

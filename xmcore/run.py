@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from xmcore.errors import RunError, XmcoreError
-from xmcore.evaluation import NonFiniteEmbeddings, evaluate, metrics_table
+from xmcore.evaluation import NonFiniteEmbeddings, evaluate, evaluate_folds, metrics_table
 from xmcore.io import atomic_write_text, write_json, write_yaml
 from xmcore.plugins import Plugins
 from xmcore.recipe import Recipe
@@ -194,6 +194,14 @@ def _check_data(recipe: Recipe, data, source: str) -> None:
     missing = [s for s in ("train", recipe.eval.split) if s not in data.splits]
     if missing:
         raise XmcoreError(f"{source} has no split {', '.join(map(repr, missing))}; it has: {', '.join(data.splits)}")
+    evaluated = data.splits[recipe.eval.split]
+    owners = len(evaluated.items[evaluated.modalities[0]])
+    if recipe.eval.folds * recipe.eval.fold_size > owners:
+        raise XmcoreError(
+            f"eval.folds: {recipe.eval.folds} folds of {recipe.eval.fold_size} {evaluated.modalities[0]}s need "
+            f"{recipe.eval.folds * recipe.eval.fold_size}, but split '{recipe.eval.split}' of {source} has {owners}; "
+            "lower eval.folds or eval.fold_size (or set eval.folds=0)"
+        )
     for split_name, split in data.splits.items():
         for m in split.modalities:
             if len(split.items[m]) == 0:
@@ -391,6 +399,8 @@ def evaluate_and_write(module, datamodule, built: Built, recipe: Recipe, out_dir
             f"evaluation: {exc}: the model diverged (see val/loss in the run's logs/metrics.csv); "
             "lower optimizer.lr or set trainer.gradient_clip_val"
         ) from None
+    if recipe.eval.folds:
+        metrics.update(evaluate_folds(embeddings, split, built.metrics, recipe.eval.folds, recipe.eval.fold_size))
     write_json(out_dir / "metrics.json", metrics)
     atomic_write_text(out_dir / "metrics.md", f"# {title}\n\n" + metrics_table(metrics))
     normalised = {m: e.numpy() for m, e in rankings.embeddings.items()}
