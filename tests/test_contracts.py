@@ -5,6 +5,7 @@ import shutil
 import pytest
 
 from audio_fixtures import write_audiocaps, write_audiofolder, write_clotho
+from benchmark_fixtures import write_pascal_sentences, write_wikipedia
 from conftest import write_csv, write_image, write_karpathy, write_shards
 from hf_fixtures import write_hub_folder
 from xmcore.plugins import load_plugins
@@ -50,6 +51,8 @@ FILE_FIXTURES = {
     ("dataset", "webdataset"): lambda root: (write_shards(root / "shards", shards=3, per_shard=4), {
         "train": "shards/train-{000000..000001}.tar", "test": "shards/train-000002.tar"})[1],
     ("dataset", "hf"): lambda root: {"path": str(write_hub_folder(root / "hub")), "label_column": "label"},
+    ("dataset", "wikipedia"): lambda root: {"root": str(write_wikipedia(root / "wikipedia")), "val_from_test": 3},
+    ("dataset", "pascal-sentences"): lambda root: {"root": str(write_pascal_sentences(root / "pascal"))},
     ("augmentation", "synonym-replacement"): _synonyms,
     ("dataset", "audiofolder"): lambda root: {"root": str(write_audiofolder(root / "folder"))},
     ("dataset", "clotho"): lambda root: {"root": str(write_clotho(root / "clotho"))},

@@ -65,10 +65,11 @@ def check_run_dir(run_dir, stdout, checkpoints=True, directions=("i2t", "t2i")):
     return metrics
 
 
-def eval_folds(recipe):
+def recipe_eval(recipe):
+    """The recipe file's own eval section."""
     import yaml
 
-    return (yaml.safe_load(recipe.read_text()).get("eval") or {}).get("folds", 0)
+    return yaml.safe_load(recipe.read_text()).get("eval") or {}
 
 
 def fixture_data(recipe, tmp_path):
@@ -80,8 +81,16 @@ def fixture_data(recipe, tmp_path):
     name = yaml.safe_load(recipe.read_text())["data"]["name"]
     if name == "karpathy":
         annotations = write_karpathy(tmp_path / "data")
-        folds = ["eval.folds=3", "eval.fold_size=1"] if eval_folds(recipe) else []  # the fixture has 3 test images
+        folds = ["eval.folds=3", "eval.fold_size=1"] if recipe_eval(recipe).get("folds") else []  # the fixture has 3 test images
         return [f"data.annotations={annotations}", f"data.image_root={tmp_path / 'data' / 'images'}", *folds]
+    if name == "wikipedia":
+        from benchmark_fixtures import write_wikipedia
+
+        return [f"data.root={write_wikipedia(tmp_path / 'wikipedia_dataset')}", "data.val_from_test=3"]
+    if name == "pascal-sentences":
+        from benchmark_fixtures import write_pascal_sentences
+
+        return [f"data.root={write_pascal_sentences(tmp_path / 'pascal')}"]
     if name == "clotho":
         from audio_fixtures import write_clotho
 
@@ -104,8 +113,12 @@ def test_recipe_runs_through_cli(recipe, plugins, tmp_path, capfd):
     result = cli(capfd, "run", recipe, *data, *tiny_overrides(recipe, plugins, data), "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = check_run_dir(out, result.stdout, directions=recipe_directions(recipe, plugins))
-    if eval_folds(recipe):  # COCO's 1k protocol: the folds' mean beside the full split's figures
+    if recipe_eval(recipe).get("folds"):  # COCO's 1k protocol: the folds' mean beside the full split's figures
         assert "fold/i2t/R@1" in metrics and "fold/rsum" in metrics
+    if recipe_eval(recipe).get("relevance") == "label":  # the class-level protocol: judged by class, read by mAP
+        import numpy as np
+
+        assert "i2t/mAP" in metrics and "image_labels" in np.load(out / "embeddings.npz")
 
 
 @pytest.mark.parametrize("fusion", ["linear", "nonlinear", "adversarial"])

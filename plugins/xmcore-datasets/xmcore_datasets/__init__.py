@@ -1,5 +1,5 @@
 """Dataset plugins: generated ``shapes``; ``csv``, ``jsonl``, ``karpathy``, ``imagefolder``, ``webdataset`` and
-Hugging Face datasets (``hf``) files."""
+Hugging Face datasets (``hf``) files; the labelled benchmarks ``wikipedia`` and ``pascal-sentences``."""
 
 from __future__ import annotations
 
@@ -161,6 +161,49 @@ class HFParams(xmcore.Params):
     seed: int = Field(0, description="seed of the split when the data has none")
 
 
+class WikipediaParams(xmcore.Params):
+    root: xmcore.RecipePath = Field(
+        description="the Wikipedia dataset's folder (wikipedia_dataset/: trainset_txt_img_cat.list, "
+        "testset_txt_img_cat.list, texts/<id>.xml, images/<category>/<id>.jpg)"
+    )
+    val_from_test: int = Field(
+        231,
+        ge=0,
+        description="test pairs drawn (seeded) as the validation split: DSCMR's 231 of the 693, leaving 462 to test; "
+        "0 keeps the original 2,173 / 693 split, without validation",
+    )
+    seed: int = Field(0, description="seed of the validation draw")
+
+
+class PascalSentencesParams(xmcore.Params):
+    root: xmcore.RecipePath = Field(
+        description="folder with dataset/<category>/<image>.jpg and sentence/<category>/<image>.txt (5 sentences each)"
+    )
+    sentences: Literal["joined", "separate"] = Field(
+        "joined",
+        description="'joined': an image's sentences as one document, 1,000 image-text pairs (the protocol of DSCMR "
+        "and ACMR); 'separate': each sentence a caption of its image",
+    )
+    split_per_class: tuple[int, int, int] = Field(
+        (40, 5, 5), description="train/val/test images per category (DSCMR's 800 / 100 / 100 over 20), drawn with seed"
+    )
+    seed: int = Field(0, description="seed of the per-category split")
+
+
+def build_wikipedia(params: WikipediaParams, ctx: xmcore.BuildContext):
+    """Wikipedia (Rasiwasia et al. 2010): 2,866 image-text sections, 10 categories; relevance is by class."""
+    from xmcore_datasets.benchmarks import read_wikipedia
+
+    return read_wikipedia(params, ctx)
+
+
+def build_pascal_sentences(params: PascalSentencesParams, ctx: xmcore.BuildContext):
+    """Pascal Sentence (Rashtchian et al. 2010): 1,000 images, 20 categories, 5 sentences each; relevance is by class."""
+    from xmcore_datasets.benchmarks import read_pascal_sentences
+
+    return read_pascal_sentences(params, ctx)
+
+
 def build_hf(params: HFParams, ctx: xmcore.BuildContext):
     """Hugging Face datasets files: Parquet/Arrow files, save_to_disk folders, Hub downloads (read with pyarrow)."""
     from xmcore_datasets.hf import read_hf
@@ -227,3 +270,6 @@ def xmcore_register_datasets(register):
     register("imagefolder", build_imagefolder, params=ImageFolderParams, modalities=IMAGE_TEXT, test_params=lambda: None)
     register("webdataset", build_webdataset, params=WebDatasetParams, modalities=IMAGE_TEXT, test_params=lambda: None)
     register("hf", build_hf, params=HFParams, modalities=IMAGE_TEXT, test_params=lambda: None)
+    register("wikipedia", build_wikipedia, params=WikipediaParams, modalities=IMAGE_TEXT, test_params=lambda: None)
+    register("pascal-sentences", build_pascal_sentences, params=PascalSentencesParams, modalities=IMAGE_TEXT,
+             test_params=lambda: None)
