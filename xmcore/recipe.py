@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from xmcore.errors import RecipeError, did_you_mean
 from xmcore.registry import Component, Params, RecipePath, from_working_dir, path_params
@@ -235,6 +235,30 @@ class CacheSection(_Section):
     dir: RecipePath | None = Field(None, description="cache folder; default $XMCORE_CACHE_DIR, else ~/.cache/xmcore/features")
 
 
+class LoggerSection(_Section):
+    """One of Lightning's loggers, by name (see :mod:`xmcore.loggers`)."""
+
+    name: Literal["csv", "tensorboard", "mlflow", "wandb"] = Field(
+        description="csv: logs/metrics.csv (always written); tensorboard: logs/tensorboard; mlflow: a local store "
+        "logs/mlflow.db (or tracking_uri); wandb: offline, logs/wandb"
+    )
+    experiment: str | None = Field(None, description="mlflow's experiment, wandb's project; default: the recipe's name")
+    tracking_uri: str | None = Field(None, description="mlflow only: where runs go (e.g. http://host:5000); default: "
+                                     "sqlite:///RUN_DIR/logs/mlflow.db")
+    offline: bool = Field(True, description="wandb only: write the run to logs/wandb to sync later (wandb sync), "
+                          "instead of sending it")
+
+    @model_validator(mode="after")
+    def _options_of_this_logger(self):
+        if self.tracking_uri is not None and self.name != "mlflow":
+            raise ValueError(f"tracking_uri is an option of the mlflow logger, not of {self.name}")
+        if not self.offline and self.name != "wandb":
+            raise ValueError(f"offline is an option of the wandb logger, not of {self.name}")
+        if self.experiment is not None and self.name not in ("mlflow", "wandb"):
+            raise ValueError(f"experiment is an option of the mlflow and wandb loggers, not of {self.name}")
+        return self
+
+
 class Recipe(_Section):
     name: str = Field(
         "recipe", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="names the run directory; defaults to the file's stem"
@@ -249,6 +273,18 @@ class Recipe(_Section):
     trainer: TrainerSection = Field(default_factory=TrainerSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     cache: CacheSection = Field(default_factory=CacheSection)
+    logger: list[LoggerSection] = Field(
+        default_factory=lambda: [LoggerSection(name="csv")],
+        description="where training logs, the resolved recipe and the final metrics go: a name (tensorboard), a "
+        "section ({name: mlflow, experiment: shapes}) or a list of them; logs/metrics.csv is always written",
+    )
+
+    @field_validator("logger", mode="before")
+    @classmethod
+    def _loggers_as_list(cls, value):
+        # `logger: tensorboard`, `logger: {name: mlflow}` and `logger: [csv, wandb]` all mean a list of sections
+        value = value if isinstance(value, list) else [value]
+        return [{"name": v} if isinstance(v, str) else v for v in value]
 
     def component_sections(self) -> list[tuple[str, ComponentSection]]:
         """Each component section with its dotted path, in build order."""

@@ -276,12 +276,12 @@ def _check_same_recipe(path: Path, resolved: dict[str, Any]) -> None:
         raise XmcoreError(f"--resume: {path} is missing; cannot tell which recipe the run was trained with")
     stored = yaml.safe_load(path.read_text(encoding="utf-8"))
     changed = sorted(
-        key for key in set(stored) | set(resolved) if key != "trainer" and stored.get(key) != resolved.get(key)
+        key for key in set(stored) | set(resolved) if key not in ("trainer", "logger") and stored.get(key) != resolved.get(key)
     )
     if changed:
         raise XmcoreError(
             f"--resume: the recipe differs from the run's {path} in: {', '.join(changed)}; "
-            "only trainer.* may change when resuming (start a new run for anything else)"
+            "only trainer.* and logger may change when resuming (start a new run for anything else)"
         )
 
 
@@ -434,13 +434,14 @@ def _validation_callbacks(recipe: Recipe, built: Built, datamodule) -> tuple[lis
     return [callback], f"val/{monitor}", "min" if monitor.endswith(LOWER_IS_BETTER) else "max"
 
 
-def build_trainer(recipe: Recipe, built: Built, datamodule, run_dir: Path, extra_callbacks: tuple = ()):
-    """The Lightning Trainer that ``xmcore run`` trains with, and its best-checkpoint callback."""
+def build_trainer(recipe: Recipe, built: Built, datamodule, run_dir: Path, extra_callbacks: tuple = (), loggers=None):
+    """The Lightning Trainer that ``xmcore run`` trains with, and its best-checkpoint callback; ``loggers``
+    default to the recipe's (:func:`xmcore.loggers.build_loggers`)."""
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-    from pytorch_lightning.loggers import CSVLogger
 
     from xmcore.callbacks import EndOnMaxSteps
+    from xmcore.loggers import build_loggers
 
     callbacks, monitor, mode = _validation_callbacks(recipe, built, datamodule)
     checkpoint = ModelCheckpoint(
@@ -457,7 +458,7 @@ def build_trainer(recipe: Recipe, built: Built, datamodule, run_dir: Path, extra
         trainer = pl.Trainer(
             **trainer_args,
             default_root_dir=run_dir,
-            logger=CSVLogger(run_dir, name="logs", version=""),
+            logger=build_loggers(recipe, run_dir) if loggers is None else loggers,
             callbacks=[*callbacks, *extra_callbacks, checkpoint, LearningRateMonitor(logging_interval="step"),
                        EndOnMaxSteps()],
         )
@@ -472,14 +473,18 @@ def train_and_evaluate(
     """Train and evaluate; the metrics, or ``None`` in a process other than rank 0."""
     import pytorch_lightning as pl
 
+    from xmcore.loggers import build_loggers, log_final_metrics, log_recipe
+
     resolved = recipe.resolved()
     resume_from = prepare_run_dir(run_dir, resume, resolved)
     write_yaml(run_dir / "recipe.yaml", resolved)
     write_json(run_dir / "environment.json", environment(recipe, plugins, base_dir))
+    loggers = build_loggers(recipe, run_dir)  # before the components: a logger's missing package fails fast
 
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
     built, module, datamodule = assemble(recipe, base_dir, run_dir)
-    trainer, checkpoint = build_trainer(recipe, built, datamodule, run_dir)
+    trainer, checkpoint = build_trainer(recipe, built, datamodule, run_dir, loggers=loggers)
+    log_recipe(loggers, resolved)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     if trainer.global_rank != 0:  # under DDP every process runs this function; one evaluates and writes
         return None
@@ -487,7 +492,9 @@ def train_and_evaluate(
     best = checkpoint.best_model_path or checkpoint.last_model_path or None  # none under fast_dev_run
     print(f"note: {evaluated_checkpoint(checkpoint, run_dir)}", file=sys.stderr, flush=True)
     title = f"{recipe.name}: {recipe.eval.split} split" + (f" ({Path(best).name})" if best else "")
-    return evaluate_and_write(module, datamodule, built, recipe, run_dir, best, title, run_dir / "logs" / "metrics.csv")
+    metrics = evaluate_and_write(module, datamodule, built, recipe, run_dir, best, title, run_dir / "logs" / "metrics.csv")
+    log_final_metrics(loggers, metrics, recipe.eval.split, trainer.global_step)
+    return metrics
 
 
 def evaluated_checkpoint(checkpoint, run_dir: Path) -> str:
