@@ -84,7 +84,7 @@ def build_losses(recipe: Recipe, data, base_dir: Path):
         if unlabelled:
             raise XmcoreError(
                 f"loss.groups: 'label' needs class labels, but {source} has none in split "
-                f"{', '.join(map(repr, unlabelled))}; use a dataset with labels (csv or jsonl with label_column, "
+                f"{', '.join(map(repr, unlabelled))}; use a dataset with labels (csv, jsonl or hf with label_column, "
                 "imagefolder, webdataset with .cls files) or set loss.groups=relevance"
             )
     ctx = BuildContext(seed=recipe.seed, base_dir=base_dir, dim=recipe.fusion.dim, num_classes=class_count(recipe, data))
