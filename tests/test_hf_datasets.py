@@ -219,3 +219,10 @@ def test_a_run_trains_and_evaluates_on_hf_files(plugins, tmp_path, capfd):
     report = json.loads((out / "data_report.json").read_text())
     assert report["source"].startswith("dataset 'hf' (hf ") and report["splits"]["test"]["used"]["image"] == 8
     assert "i2t/R@1" in json.loads((out / "metrics.json").read_text())
+    # an index keeps a copy of each picture that lives inside a Parquet file, and shows it
+    index = cli(capfd, "index", out, "--out", tmp_path / "index", "--split", "test")
+    assert index.returncode == 0, index.stderr[-3000:]
+    images = [json.loads(line) for line in (tmp_path / "index" / "metadata" / "image.jsonl").read_text().splitlines()]
+    assert len(images) == 8 and all((tmp_path / "index" / m["media"]).is_file() for m in images)
+    found = cli(capfd, "search", tmp_path / "index", "--text", "a red square", "-k", "2", "--json")
+    assert found.returncode == 0 and len(json.loads(found.stdout)) == 2
