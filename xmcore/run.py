@@ -6,6 +6,7 @@ The run directory holds::
     data_report.json   per split: items used, items skipped and why
     environment.json   versions of xmcore, each plugin used, torch, Lightning, timm, ...
     logs/metrics.csv   losses and values logged during training (Lightning's CSVLogger)
+    logs/tensorboard/, logs/mlflow.db, logs/wandb/   the loggers the recipe's ``logger`` names (xmcore.loggers)
     checkpoints/       best.ckpt (best validation score by eval.monitor: rsum by default) and last.ckpt
     metrics.json       {"i2t/R@1": ..., ..., "rsum": ...}  (every direction among the modalities)
     metrics.md         the same as a table
