@@ -204,3 +204,29 @@ def test_a_run_reports_the_folds_mean_beside_the_full_split(tmp_path, capfd):
     assert too_many.returncode == 2
     assert "eval.folds: 5 folds of 2 images need 10, but split 'test' of dataset 'shapes'" in too_many.stderr
     assert "has 9" in too_many.stderr and not (tmp_path / "again" / "checkpoints").exists()
+
+
+def _shards(root):
+    from conftest import write_shards
+
+    write_shards(root / "shards", shards=3, per_shard=4)
+    return ["data.name=webdataset", f"data.train={root / 'shards' / 'train-{000000..000001}.tar'}",
+            f"data.test={root / 'shards' / 'train-000002.tar'}", "data.val=null"]
+
+
+def _hub(root):
+    from hf_fixtures import write_hub_folder
+
+    return ["data.name=hf", f"data.path={write_hub_folder(root / 'hub')}", "data.label_column=label"]
+
+
+@pytest.mark.parametrize("dataset", [_shards, _hub], ids=["webdataset-cls", "hf-label_column"])
+def test_label_relevance_for_other_labelled_datasets(dataset, tmp_path):
+    overrides = dataset(tmp_path)
+    auto = build_data(validate(load_recipe(QUICKSTART, overrides), PLUGINS), tmp_path).splits["test"]
+    by_class = build_data(validate(load_recipe(QUICKSTART, [*overrides, "eval.relevance=label"]), PLUGINS), tmp_path)
+    assert auto.relevance == "owner" and auto.labels is not None  # labels kept, relevance by owner as before
+    for split in by_class.splits.values():
+        assert split.relevance == "label"
+        assert split.groups("image").tolist() == split.labels.tolist()
+        assert split.groups("text").tolist() == split.labels[split.owner].tolist()
