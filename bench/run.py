@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = {
     "overhead": (["--steps", "30", "--rounds", "2"], ["--steps", "60", "--rounds", "5"]),
     "feature_cache": (["--train", "200", "--epochs", "2"], ["--full"]),
-    "eval_scale": (["--side-by-side", "5000", "--large", "20000"], []),
+    "eval_scale": (["--side-by-side", "5000", "--large", "20000", "--by-class", "20000"], []),
     "cli_startup": (["--repeat", "3"], ["--repeat", "5"]),
     "data_throughput": (["--batches", "10"], ["--batches", "30", "--workers", "0,1,2"]),
     "audio_throughput": (["--batches", "10", "--clips", "100"], ["--batches", "30", "--clips", "500"]),

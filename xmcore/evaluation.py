@@ -186,7 +186,7 @@ def _check_finite(**embeddings: torch.Tensor) -> None:
 
 
 SORT_ABOVE = 8
-"""Queries with more relevant items than this on average (in a chunk) are ranked by sorting their rows."""
+"""Queries with more relevant items than this on average are ranked by sorting their rows."""
 
 
 @torch.no_grad()
@@ -229,14 +229,19 @@ def rank(
     first = np.empty(n_queries, dtype=np.int64)
     sums = {f: np.zeros(n_queries) for f in needs.sums}
     kept_rows, kept_positions = [], []
-    rows_per_chunk = max(1, block_elements // max(1, n_gallery))
+    sorting = per_query.mean() > SORT_ABOVE
+    # Sorting holds about 18 bytes per score (the score, its int32 and int64 keys, flags), counting about 5.
+    rows_per_chunk = max(1, block_elements // (4 if sorting else 1) // max(1, n_gallery))
+    if sorting:  # buffers reused chunk after chunk
+        shape = (min(rows_per_chunk, n_queries), n_gallery)
+        workspace = {"keys": np.empty(shape, np.int64), "ordered": np.empty(shape, np.int32)}
     for start in range(0, n_queries, rows_per_chunk):
         stop = min(n_queries, start + rows_per_chunk)
         scores = queries[start:stop] @ gallery.T
         relevant = qg[start:stop, None] == gg[None, :]
         counts = per_query[start:stop]
-        if counts.mean() > SORT_ABOVE:
-            rows, positions = _ranks_by_sorting(scores.numpy(), relevant.numpy())
+        if sorting:
+            rows, positions = _ranks_by_sorting(scores.numpy(), relevant.numpy(), **workspace)
         else:
             rows, positions = _ranks_by_counting(scores, relevant, block_elements)
         # rows ascending, each query's positions ascending: the k-th entry of a query is its k-th relevant item
@@ -278,30 +283,30 @@ def _ranks_by_counting(scores: torch.Tensor, relevant: torch.Tensor, block_eleme
     return rows_np[order], ranked[order]
 
 
-def _ranks_by_sorting(scores: np.ndarray, relevant: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _ranks_by_sorting(scores: np.ndarray, relevant: np.ndarray, keys: np.ndarray,
+                      ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each relevant item's rank, from one sort of each row.  Cost: gallery x log(gallery) per query,
-    whatever its number of relevant items -- for queries with many (a class).  ``scores`` is overwritten.
+    whatever its number of relevant items -- for queries with many (a class).  ``scores`` is overwritten;
+    ``keys`` (int64) and ``ordered`` (int32) are buffers of at least its shape.
 
     Every score becomes an integer that sorts like it, descending, with one more bit that is set for a
     relevant item: among equal scores the irrelevant items sort first (pessimistic ties).  Tied relevant
     items take the same set of places in any order, and the metrics read only that set.
     Returns (row, rank) pairs by row, then rank."""
+    n_rows, n_gallery = scores.shape
+    keys, ordered = keys[:n_rows], ordered[:n_rows]
     np.add(scores, np.float32(0), out=scores)  # -0.0 becomes +0.0, so that equal scores get equal keys
     bits = scores.view(np.int32)
-    ordered = bits >> 31
+    np.right_shift(bits, 31, out=ordered)
     ordered &= 0x7FFFFFFF
     ordered ^= bits  # IEEE-754 floats as integers in the same order
-    keys = ordered.astype(np.int64)
-    del ordered
+    np.copyto(keys, ordered)
     np.invert(keys, out=keys)  # descending
     keys <<= 1
     keys |= relevant
     keys.sort(axis=1)
     lowest_byte = 0 if sys.byteorder == "little" else 7
-    flags = keys.view(np.uint8)[:, lowest_byte::8] & 1
-    del keys
-    flat = np.flatnonzero(flags)
-    n_gallery = relevant.shape[1]
+    flat = np.flatnonzero(keys.view(np.uint8)[:, lowest_byte::8] & 1)
     rows = flat // n_gallery
     return rows, flat - rows * n_gallery + 1
 
