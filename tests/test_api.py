@@ -177,7 +177,7 @@ def test_xmcore_run_trains_in_this_process_and_returns_the_run_directory_and_met
     (lambda m: m.encode_text([]), "the list of items is empty"),
     (lambda m: m.encode_text("a red circle"), "expected a list of items, got str"),
     (lambda m: m.encode_image(np.zeros((2, 8, 8, 3))), "expected a list of items, got ndarray"),
-    (lambda m: m.encode_image(["a red circle"]), "items[0] (a red circle): no such file"),
+    (lambda m: m.encode_image(["a red circle"]), "items[0]: no such file a red circle"),
     (lambda m: m.encode_image([Path(__file__)]), "not a readable image (expected PNG, JPEG"),
     (lambda m: m.encode_image([ROOT]), "a folder; give a file"),
     (lambda m: m.encode_text([Path(__file__)]), "the 'text' encoder reads no files; give the items themselves"),

@@ -20,7 +20,6 @@ torch until a model is loaded: ``import xmcore`` stays light.
 
 from __future__ import annotations
 
-import io
 import os
 import warnings
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from xmcore.errors import QueryError, XmcoreError, did_you_mean
+from xmcore.errors import XmcoreError, did_you_mean
 
 __all__ = ["Hit", "Index", "Model", "RunResult", "load", "open_index", "run"]
 
@@ -119,7 +118,7 @@ class Model:
 
     def _read(self, encoder, modality: str, item: Any, position: int) -> Any:
         """A raw item: files (a path, bytes) read by the modality's query reader, anything else as it is."""
-        from xmcore.media import query_reader
+        from xmcore.media import query_reader, read_query_file
 
         reader = query_reader(encoder, modality)
         is_file = isinstance(item, (bytes, bytearray, os.PathLike)) or (isinstance(item, str) and reader is not None)
@@ -129,19 +128,7 @@ class Model:
         if reader is None:
             raise XmcoreError(f"{where}: the '{modality}' encoder reads no files; give the items themselves "
                               f"(files are read for: {', '.join(self.file_modalities) or 'no modality'})")
-        try:
-            if isinstance(item, (bytes, bytearray)):
-                return reader(io.BytesIO(item))
-            with open(item, "rb") as fh:
-                return reader(fh)
-        except FileNotFoundError:
-            raise XmcoreError(f"{where}: no such file") from None
-        except IsADirectoryError:
-            raise XmcoreError(f"{where}: a folder; give a file") from None
-        except OSError as exc:
-            raise XmcoreError(f"{where}: cannot read it ({exc.strerror or exc})") from None
-        except QueryError as exc:
-            raise XmcoreError(f"{where}: {exc}") from None
+        return read_query_file(item, reader, f"items[{position}]")
 
 
 @dataclass(frozen=True)

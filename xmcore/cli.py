@@ -352,8 +352,6 @@ def cmd_serve(args) -> int:
 
 def _read_query_file(index, modality: str, path: Path):
     """``--<modality> FILE`` as a raw item, read by the index's encoder of that modality."""
-    from xmcore.errors import QueryError
-
     if modality not in index.model.encoders:
         import difflib
 
@@ -364,17 +362,9 @@ def _read_query_file(index, modality: str, path: Path):
         words = ["--text WORDS"] if "text" in index.model.encoders else []
         raise XmcoreError(f"--{modality}: this index has no '{modality}' model; {hint}it takes "
                           + " or ".join(words + takes))
-    try:
-        with open(path, "rb") as fh:
-            return index.read_query(modality, fh)
-    except FileNotFoundError:
-        raise XmcoreError(f"--{modality}: no such file {path}") from None
-    except IsADirectoryError:
-        raise XmcoreError(f"--{modality}: {path} is a folder; give a file") from None
-    except OSError as exc:
-        raise XmcoreError(f"--{modality}: cannot read {path} ({exc.strerror or exc})") from None
-    except QueryError as exc:
-        raise XmcoreError(f"--{modality}: {path}: {exc}") from None
+    from xmcore.media import read_query_file
+
+    return read_query_file(path, lambda fh: index.read_query(modality, fh), f"--{modality}")
 
 
 def cmd_sweep(args) -> int:

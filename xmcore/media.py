@@ -65,6 +65,28 @@ def query_reader(encoder: Any, modality: str) -> Callable[[BinaryIO], Any] | Non
     return read_image if modality == "image" else None
 
 
+def read_query_file(source: str | Path | bytes, reader: Callable[[BinaryIO], Any], label: str) -> Any:
+    """``reader`` applied to a query file -- a path, or a file's bytes -- for ``xmcore search``, ``xmcore
+    explain`` and the Python API alike; any problem is an :class:`~xmcore.errors.XmcoreError` that starts
+    with ``label`` (the option or item it came from) and says what is wrong."""
+    from xmcore.errors import XmcoreError
+
+    shown = "" if isinstance(source, (bytes, bytearray)) else f" {source}"
+    try:
+        if isinstance(source, (bytes, bytearray)):
+            return reader(io.BytesIO(source))
+        with open(source, "rb") as fh:
+            return reader(fh)
+    except FileNotFoundError:
+        raise XmcoreError(f"{label}: no such file{shown}") from None
+    except IsADirectoryError:
+        raise XmcoreError(f"{label}:{shown} is a folder; give a file") from None
+    except OSError as exc:
+        raise XmcoreError(f"{label}: cannot read{shown} ({exc.strerror or exc})") from None
+    except QueryError as exc:
+        raise XmcoreError(f"{label}:{shown + ':' if shown else ''} {exc}") from None
+
+
 def item_file(item: Any) -> tuple[bytes, str] | None:
     """A materialised item as a file's bytes and suffix, if it can be one: ``item.to_file()``, or a PNG of a
     PIL image.  Strings (captions) and items without either have none."""

@@ -45,20 +45,9 @@ def method(plugins, name: str, modality: str, option: str, params: Sequence[str]
 
 def open_picture(path: Path):
     """The picture at ``path`` as an RGB PIL image, or an error that says why it cannot be read."""
-    from xmcore.errors import QueryError
-    from xmcore.media import read_image
+    from xmcore.media import read_image, read_query_file
 
-    try:
-        with open(path, "rb") as fh:
-            return read_image(fh)
-    except FileNotFoundError:
-        raise XmcoreError(f"--image: no such file {path}") from None
-    except IsADirectoryError:
-        raise XmcoreError(f"--image: {path} is a folder; give a picture file") from None
-    except OSError as exc:
-        raise XmcoreError(f"--image: cannot read {path} ({exc.strerror or exc})") from None
-    except QueryError as exc:
-        raise XmcoreError(f"--image: {path}: {exc}") from None
+    return read_query_file(path, read_image, "--image")
 
 
 def default_out(image: Path) -> Path:
