@@ -55,7 +55,7 @@ def build_gradcam(params: GradCamParams, ctx: xmcore.BuildContext):
 
 
 def build_occlusion(params: OcclusionParams, ctx: xmcore.BuildContext):
-    """Occlusion (captum): the score's drop when a sliding grey patch hides each place; any image encoder."""
+    """Occlusion (captum): the score's drop when a sliding patch of the picture's mean colour hides each place; any image encoder."""
     from xmcore_explain.image import Occlusion
 
     return Occlusion(params.window, params.stride, params.batch, params.fill)
