@@ -6,10 +6,10 @@ side's embedding held fixed:
 
 * ``gradcam`` -- Grad-CAM (Selvaraju et al., ICCV 2017) by captum's ``LayerGradCam`` on a convolutional
   stage of the image encoder, ReLU on, upsampled onto the picture;
-* ``occlusion`` -- captum's ``Occlusion`` (Zeiler & Fergus, ECCV 2014): grey out a sliding patch and
-  measure the score's drop; needs nothing of the encoder (ViTs included);
+* ``occlusion`` -- captum's ``Occlusion`` (Zeiler & Fergus, ECCV 2014): hide a sliding patch (painted in
+  the picture's mean colour) and measure the score's drop; needs nothing of the encoder (ViTs included);
 * ``integrated-gradients`` -- Sundararajan et al., ICML 2017: for pictures captum's
-  ``IntegratedGradients`` on the input pixels (from a grey picture), for texts
+  ``IntegratedGradients`` on the input pixels (from the normalisation's mean colour: grey), for texts
   ``LayerIntegratedGradients`` on the encoder's word-embedding layer (from padding tokens), summed
   over each word's tokens.
 """
