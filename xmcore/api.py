@@ -5,7 +5,7 @@
     model = xmcore.load("runs/shapes")             # a run directory (its best checkpoint) or an index folder
     emb = model.encode_text(["a red circle"])      # L2-normalised float32, numpy (as_tensor=True: torch)
     emb = model.encode_image(["photo.jpg", pil_image])
-    emb = model.encode("audio", ["clip.wav"])      # any modality the model holds
+    emb = model.encode(modality, ["file.ext"])     # any modality the model holds (a plugin's, too)
 
     hits = xmcore.open_index("indexes/shapes").search(text="a red circle", k=5)
     hits[0].id, hits[0].score, hits[0].metadata["caption"]
@@ -77,7 +77,7 @@ class Model:
         """L2-normalised embeddings of ``items`` of ``modality``, one row each (``len(items) x dim``, float32).
 
         An item is what the modality's encoder reads -- a string for text, a PIL image -- or, for a
-        modality whose encoder reads files (:attr:`file_modalities`: images, audio), a path (``str`` or
+        modality whose encoder reads files (:attr:`file_modalities`: images, and a plugin's modalities whose encoders read files), a path (``str`` or
         ``Path``) or a file's bytes, read as ``xmcore search --<modality> FILE`` reads it.  Items are
         read and embedded ``batch_size`` at a time (default: the recipe's ``eval.batch_size``), with a
         progress bar when there is more than one batch (``progress=True``/``False``: always/never).
@@ -183,7 +183,7 @@ class Index:
     def search(self, *, k: int = 10, target: str | None = None, **query: Any) -> list[Hit]:
         """The ``k`` items of ``target`` (default: another modality than the query's) nearest to one query,
         given by its modality: ``search(text="a red circle")``, ``search(image="photo.jpg")`` (a path, the
-        file's bytes or a PIL image), ``search(audio=...)``.  What the query's encoder notes about it (e.g.
+        file's bytes or a PIL image), ``search(<modality>=...)`` for a plugin's modality.  What the query's encoder notes about it (e.g.
         words it does not know) comes as a warning."""
         if len(query) != 1:
             given = f" (got {', '.join(query)})" if query else ""

@@ -280,7 +280,7 @@ def check_explainer(component: Component, modality: str, model=None, item: Any =
     flat; a text's attributions are one finite value per word, not all zero; the model's weights are unchanged.
 
     ``model`` (an :class:`xmcore.explain.ExplainModel`; default :func:`tiny_explain_model`) and ``item`` are for an
-    explainer that needs another kind of encoder (a ViT, an audio model) than the default's."""
+    explainer that needs another kind of encoder (a ViT, a model of a plugin's modality) than the default's."""
     import numpy as np
     import torch
 
