@@ -32,6 +32,7 @@ import numpy as np
 
 from xmcore.data import ImageFile, LazyItem, RetrievalData, Split, seeded_split
 from xmcore.errors import XmcoreError
+from xmcore_datasets.webdataset import MissingImage
 
 SPLIT_NAMES = {  # the names Hugging Face's data-files patterns recognise, by the xmcore split they become
     "train": ("train", "training"),
@@ -72,22 +73,6 @@ class TableImage(LazyItem):
 
     def __str__(self) -> str:
         return f"{self.file}:row {self.row}"
-
-
-@dataclass(frozen=True)
-class NoImage(LazyItem):
-    """A row whose image cell is empty: reported as a bad item."""
-
-    where: str
-
-    def load(self):
-        raise FileNotFoundError(f"no image in {self.where}")
-
-    def check(self) -> str | None:
-        return "row without image"
-
-    def __str__(self) -> str:
-        return self.where
 
 
 def _cell(item: TableImage) -> Any:
@@ -282,7 +267,7 @@ def _rows(file: TableFile, params) -> list[dict[str, Any]]:
         same_image = None  # what makes rows one image: the id column, else an image's path
         if paths:
             value = table[params.image_column][n]
-            image = ImageFile(_resolve(file.path.parent, value)) if value else NoImage(f"{file.path}:row {n}")
+            image = ImageFile(_resolve(file.path.parent, value)) if value else MissingImage(f"{file.path}:row {n}", "row without image")
             same_image = str(image.path) if value else None
         else:
             image = TableImage(file.path, params.image_column, n, int(groups[n]), int(indices[n]))

@@ -101,15 +101,17 @@ def _split(samples: list[dict], label_id: dict[str, int], shard_of: str) -> Spli
 
 @dataclass(frozen=True)
 class MissingImage(LazyItem):
-    """A sample that has text but no image member: reported as a bad item."""
+    """A record that has text but no image (a tar sample without an image member, a table row with an
+    empty image cell): reported as a bad item with ``reason``."""
 
     where: str
+    reason: str = "sample without image"
 
     def load(self):
-        raise FileNotFoundError(f"no image member for sample {self.where}")
+        raise FileNotFoundError(f"{self.reason}: {self.where}")
 
     def check(self) -> str | None:
-        return "sample without image"
+        return self.reason
 
     def __str__(self) -> str:
         return self.where
