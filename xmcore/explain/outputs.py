@@ -137,3 +137,46 @@ def _plain(details: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = str(value)
     return out
+
+
+def coarse_map(values: np.ndarray, most: int = 64) -> np.ndarray:
+    """A map shrunk by area averaging until no side is over ``most`` cells, its aspect kept (a smaller map
+    as it is): what a client draws or reads without receiving every pixel of a large picture."""
+    import torch
+
+    grid = np.asarray(values, dtype=np.float32)
+    grid = grid.reshape(1, -1) if grid.ndim == 1 else grid
+    factor = max(grid.shape) / most
+    if factor <= 1:
+        return grid
+    shape = tuple(max(1, round(side / factor)) for side in grid.shape)
+    return torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(grid)[None, None], shape)[0, 0].numpy()
+
+
+def heatmap_png(picture, image: Explanation, min_side: int = 256, max_side: int = 1024) -> bytes:
+    """The picture under its heatmap (jet, the more opaque the more a place raises the score), enlarged by a
+    whole factor until its shorter side reaches ``min_side`` (its longer side kept within ``max_side``), the
+    method and score along its foot: an image of the picture's own proportions, to lay over it."""
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw, ImageFont
+
+    width, height = picture.size
+    scale = max(1, min(-(-min_side // min(width, height)), max_side // max(width, height)))
+    size = (width * scale, height * scale)
+    base = np.asarray(picture.convert("RGB").resize(size, Image.NEAREST), dtype=np.float32) / 255
+    values = np.asarray(Image.fromarray(image.attributions.astype(np.float32), "F").resize(size, Image.BILINEAR))
+    top = float(values.max()) if values.size else 0.0
+    relative = np.clip(values / top, 0, 1) if top > 0 else np.zeros_like(values)
+    alpha = (0.15 + 0.5 * relative)[..., None]
+    blended = base * (1 - alpha) + colormaps["jet"](relative)[..., :3] * alpha
+    out = Image.fromarray((blended * 255).round().astype(np.uint8), "RGB")
+    font = ImageFont.load_default(size=max(10, min(size) // 18))
+    label = f"{image.method}  score {image.score:.3f}"
+    draw = ImageDraw.Draw(out, "RGBA")
+    box = draw.textbbox((0, 0), label, font=font)
+    band = box[3] - box[1] + 8
+    draw.rectangle((0, size[1] - band, size[0], size[1]), fill=(0, 0, 0, 150))
+    draw.text((4, size[1] - band + 4 - box[1]), label, fill=(255, 255, 255), font=font)
+    buf = io.BytesIO()
+    out.save(buf, format="PNG")
+    return buf.getvalue()
