@@ -1,6 +1,6 @@
 """Approximate search: recall@10 against exact search, and queries per second, side by side.
 
-The indexes are the ones `xmcore index` writes (xmcore.index.new_faiss_index): exact ``flat``
+The indexes are the ones `xmcore index` writes (xmcore.search.new_faiss_index): exact ``flat``
 (inner product) as the baseline, ``hnsw`` and ``ivfpq`` (with exact re-ranking of the PQ
 candidates).  The vectors are synthetic, L2-normalised embeddings of d = 256 that lie near a
 32-dimensional subspace, in 1,000 clusters -- as trained embeddings do; isotropic random vectors
@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xmcore.index import IndexOptions, new_faiss_index, set_search_params, train_sample  # noqa: E402
+from xmcore.search import IndexOptions, new_faiss_index, set_search_params, train_sample  # noqa: E402
 
 
 def embeddings(n: int, d: int, seed: int, intrinsic: int = 32, clusters: int = 1000) -> np.ndarray:

@@ -108,7 +108,7 @@ def trained_audio_run(tmp_path_factory, plugins):
 @pytest.fixture(scope="session")
 def audio_index(trained_audio_run, tmp_path_factory, plugins):
     """An index of the tiny audio run's clips and captions (all splits), built in this process."""
-    from xmcore.index import build_index
+    from xmcore.search import build_index
 
     out = tmp_path_factory.mktemp("audio-index") / "gallery"
     build_index(trained_audio_run, out, plugins)

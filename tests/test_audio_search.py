@@ -17,7 +17,7 @@ def lines(path):
 
 @pytest.fixture(scope="module")
 def index(audio_index, plugins):
-    from xmcore.index import SearchIndex
+    from xmcore.search import SearchIndex
 
     return SearchIndex(audio_index, plugins)
 

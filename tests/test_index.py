@@ -25,7 +25,7 @@ def lines(path):
 
 
 def test_index_folder_holds_embeddings_metadata_faiss_model_and_a_manifest_with_checksums(index_dir):
-    from xmcore.index import verify
+    from xmcore.search import verify
 
     manifest = json.loads((index_dir / "manifest.json").read_text())
     images, texts = lines(index_dir / "metadata" / "image.jsonl"), lines(index_dir / "metadata" / "text.jsonl")
@@ -70,7 +70,7 @@ def test_text_search_prints_a_table_of_k_images(index_dir, capfd):
 
 
 def test_the_index_works_without_the_run_it_came_from(run_dir, tmp_path, plugins):
-    from xmcore.index import SearchIndex, build_index
+    from xmcore.search import SearchIndex, build_index
 
     copy = tmp_path / "run-copy"
     shutil.copytree(run_dir, copy)
@@ -83,11 +83,12 @@ def test_the_index_works_without_the_run_it_came_from(run_dir, tmp_path, plugins
 
 
 def test_an_interrupted_build_resumes_from_its_shards(run_dir, tmp_path, plugins, monkeypatch, capsys):
-    import xmcore.index as index_module
+    import xmcore.search.gallery as gallery_module
+    from xmcore.search import build_index
 
-    clean = index_module.build_index(run_dir, tmp_path / "clean", plugins, splits=["test"], shard_size=16)
+    clean = build_index(run_dir, tmp_path / "clean", plugins, splits=["test"], shard_size=16)
 
-    real, calls = index_module._embed_rows, []
+    real, calls = gallery_module.embed_rows, []
 
     def dies_on_third_shard(*args, **kwargs):
         calls.append(1)
@@ -95,9 +96,9 @@ def test_an_interrupted_build_resumes_from_its_shards(run_dir, tmp_path, plugins
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(index_module, "_embed_rows", dies_on_third_shard)
+    monkeypatch.setattr(gallery_module, "embed_rows", dies_on_third_shard)
     with pytest.raises(KeyboardInterrupt):
-        index_module.build_index(run_dir, tmp_path / "resumed", plugins, splits=["test"], shard_size=16)
+        build_index(run_dir, tmp_path / "resumed", plugins, splits=["test"], shard_size=16)
     assert (tmp_path / "resumed" / "building.json").is_file() and not (tmp_path / "resumed" / "manifest.json").exists()
     from xmcore.cli import main
 
@@ -105,8 +106,8 @@ def test_an_interrupted_build_resumes_from_its_shards(run_dir, tmp_path, plugins
     assert "interrupted build" in capsys.readouterr().err
 
     calls.clear()
-    monkeypatch.setattr(index_module, "_embed_rows", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
-    resumed = index_module.build_index(run_dir, tmp_path / "resumed", plugins, splits=["test"], shard_size=16)
+    monkeypatch.setattr(gallery_module, "embed_rows", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    resumed = build_index(run_dir, tmp_path / "resumed", plugins, splits=["test"], shard_size=16)
     shards = sum(len(m["shards"]) for m in resumed["modalities"].values())
     assert len(calls) == shards - 2  # the two finished shards were kept
     for name in resumed["checksums"]:
@@ -115,8 +116,8 @@ def test_an_interrupted_build_resumes_from_its_shards(run_dir, tmp_path, plugins
 
 
 def test_items_can_be_added_to_an_index(run_dir, tmp_path, plugins, capsys, monkeypatch):
-    import xmcore.index as index_module
-    from xmcore.index import SearchIndex, build_index, verify
+    import xmcore.search.gallery as gallery_module
+    from xmcore.search import SearchIndex, build_index, verify
 
     first = build_index(run_dir, tmp_path / "idx", plugins, splits=["test"])
     n_img, n_txt = first["modalities"]["image"]["count"], first["modalities"]["text"]["count"]
@@ -126,18 +127,18 @@ def test_items_can_be_added_to_an_index(run_dir, tmp_path, plugins, capsys, monk
     assert "--add" in capsys.readouterr().err
 
     # an --add interrupted after its first modality leaves the index it started from intact
-    real = index_module._embed_rows
+    real = gallery_module.embed_rows
 
     def dies_on_text(module, modality, *args, **kwargs):
         if modality == "text":
             raise KeyboardInterrupt
         return real(module, modality, *args, **kwargs)
 
-    monkeypatch.setattr(index_module, "_embed_rows", dies_on_text)
+    monkeypatch.setattr(gallery_module, "embed_rows", dies_on_text)
     with pytest.raises(KeyboardInterrupt):
         build_index(run_dir, tmp_path / "idx", plugins, splits=["val"], add=True)
     assert verify(tmp_path / "idx") == [] and SearchIndex(tmp_path / "idx", plugins).indexes["image"].ntotal == n_img
-    monkeypatch.setattr(index_module, "_embed_rows", real)
+    monkeypatch.setattr(gallery_module, "embed_rows", real)
 
     # run again (through the CLI): both modalities added once, ids continuing, captions pointing at the new images
     capsys.readouterr()
@@ -166,7 +167,7 @@ def _media(index_dir, row):
                                         ("ivfpq", ["--nlist", "2", "--pq-m", "8", "--nbits", "3", "--nprobe", "2",
                                                    "--refine", "4"])])
 def test_approximate_indexes(run_dir, tmp_path, kind, extra, plugins):
-    from xmcore.index import SearchIndex, build_index, IndexOptions
+    from xmcore.search import SearchIndex, build_index, IndexOptions
 
     options = IndexOptions(kind=kind, **{a.lstrip("-").replace("-", "_"): int(b) for a, b in zip(extra[::2], extra[1::2])})
     manifest = build_index(run_dir, tmp_path / kind, plugins, splits=["test"], modalities=["text"], options=options)
@@ -236,7 +237,7 @@ def test_gallery_items_of_a_split_with_more_than_one_member_modality():
     # are aligned: caption j as text and as speech).  Duck-typed, so the test reads no dataset.
     from types import SimpleNamespace
 
-    from xmcore.index import gallery_items
+    from xmcore.search import gallery_items
 
     class Spoken:
         def __init__(self, j):

@@ -13,7 +13,7 @@
     run_dir, metrics = xmcore.run("recipes/quickstart.yaml", overrides=["trainer.max_epochs=1"])
 
 Everything goes through what the command line uses, so a vector here is the vector ``xmcore index`` stores and
-``xmcore search`` ranks with: the same encoders, weights and preprocessing (:class:`xmcore.index.QueryModel`),
+``xmcore search`` ranks with: the same encoders, weights and preprocessing (:class:`xmcore.search.QueryModel`),
 and files read as ``xmcore search --<modality> FILE`` reads them (:mod:`xmcore.media`).  Nothing here imports
 torch until a model is loaded: ``import xmcore`` stays light.
 """
@@ -220,7 +220,7 @@ def load(path: str | os.PathLike, *, device=None) -> Model:
     if _is_index(path):
         return open_index(path, device=device).model
     if (path / "recipe.yaml").is_file():
-        from xmcore.index import QueryModel
+        from xmcore.search import QueryModel
         from xmcore.plugins import load_plugins
         from xmcore.run import best_checkpoint, rebuild_trained
 
@@ -234,7 +234,7 @@ def load(path: str | os.PathLike, *, device=None) -> Model:
 def open_index(path: str | os.PathLike, *, device=None, check: bool = True) -> Index:
     """An index folder written by ``xmcore index``, for :meth:`Index.search`; ``check`` compares the files a
     search reads with the manifest's checksums first (as ``xmcore search`` does)."""
-    from xmcore.index import SearchIndex
+    from xmcore.search import SearchIndex
     from xmcore.plugins import load_plugins
 
     path = Path(path)

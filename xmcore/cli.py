@@ -294,7 +294,7 @@ def _csv(value: str) -> list[str] | None:
 
 
 def cmd_index(args) -> int:
-    from xmcore.index import IndexOptions, build_index
+    from xmcore.search import IndexOptions, build_index
     from xmcore.plugins import load_plugins
 
     for flag in ("shard_size", "hnsw_m", "ef_construction", "ef_search", "nlist", "pq_m", "nbits", "nprobe"):

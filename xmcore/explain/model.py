@@ -81,7 +81,7 @@ def _run_model(run_dir: Path, plugins) -> ExplainModel:
 
 
 def _index_model(index_dir: Path, plugins) -> ExplainModel:
-    from xmcore.index import QueryModel, read_manifest, verify
+    from xmcore.search import QueryModel, read_manifest, verify
 
     manifest = read_manifest(index_dir)
     bad = [rel for rel in verify(index_dir, manifest, embeddings=False) if rel.startswith("model/")]

@@ -1,0 +1,153 @@
+"""``xmcore index``: a trained run's gallery embedded into an index folder (see :mod:`xmcore.search.folder`).
+
+The phases, one function each: check the command against the folder (:func:`_check_command`); rebuild the
+trained model and list the gallery (:func:`_gallery`); per modality, embed shards (resumable), write metadata
+and the FAISS index; store the model and write the manifest last (:func:`_finish`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from xmcore.errors import XmcoreError
+from xmcore.io import file_sha256 as sha256
+from xmcore.search.faiss_index import IndexOptions, check_kind, new_faiss_index, read_faiss, train_sample, write_faiss
+from xmcore.search.folder import Build, previous_index, resume_state, write_manifest
+from xmcore.search.gallery import GalleryItem, embed_shards, gallery_items, metadata_lines, write_metadata
+from xmcore.search.query import export_model
+
+
+def build_index(
+    run_dir: Path,
+    out_dir: Path,
+    plugins,
+    overrides: Sequence[str] = (),
+    splits: Sequence[str] | None = None,
+    modalities: Sequence[str] | None = None,
+    options: IndexOptions | None = None,
+    shard_size: int = 50_000,
+    add: bool = False,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Embed a gallery with a run's best checkpoint and write (or extend, with ``add``) an index folder;
+    returns its manifest."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    checkpoint, checkpoint_sha, previous, options = _check_command(run_dir, out_dir, options or IndexOptions(), add)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recipe, module, data = _trained_model(run_dir, checkpoint, overrides, plugins)
+    splits = list(splits or data.splits)
+    modalities = list(modalities or (previous["modalities"] if previous else data.modalities))
+    gallery = _gallery(data, splits, modalities, previous)
+    job = _job(checkpoint_sha, recipe, splits, modalities, shard_size, previous, gallery)
+    # Files an --add rewrites get the next generation's name; the manifest switches to them last, so an
+    # interrupted --add leaves the index it started from intact (and a rerun starts from that again).
+    generation = previous.get("generation", 0) + 1 if previous else 0
+    build = Build(out_dir, previous, options, resume_state(out_dir, job, previous), f".g{generation}" if generation else "")
+    entries = dict(previous["modalities"]) if previous else {}
+    for modality in modalities:
+        items = gallery[modality]
+        shards = embed_shards(build, module, modality, items, shard_size, batch_size or recipe.eval.batch_size,
+                              recipe.data.num_workers)
+        metadata, media_types = write_metadata(build, modality, *metadata_lines(build, modality, items))
+        entries[modality] = {**write_modality_index(build, modality, shards, len(items)), "metadata": metadata,
+                             "media_types": media_types}
+    source = {"splits": splits, "overrides": list(overrides)}
+    return _finish(build, run_dir, checkpoint, checkpoint_sha, recipe, module, source, entries)
+
+
+def _check_command(run_dir: Path, out_dir: Path, options: IndexOptions, add: bool):
+    """The checkpoint, its checksum, the index an --add extends and the index options (an --add's are the
+    index's own), once the command is known to fit the folders it names."""
+    from xmcore.run import best_checkpoint
+
+    check_kind(options.kind)
+    if not (run_dir / "recipe.yaml").is_file():
+        raise XmcoreError(f"{run_dir}: no recipe.yaml; expected a run directory written by `xmcore run`")
+    checkpoint = best_checkpoint(run_dir)
+    checkpoint_sha = sha256(checkpoint)
+    previous = previous_index(out_dir, checkpoint_sha, add)
+    if previous:
+        options = IndexOptions.from_manifest(next(iter(previous["modalities"].values()))["index"])
+    return checkpoint, checkpoint_sha, previous, options
+
+
+def _trained_model(run_dir: Path, checkpoint: Path, overrides: Sequence[str], plugins):
+    """The run's recipe (``overrides`` applied), its module with the checkpoint's weights (in eval mode) and
+    its data."""
+    from xmcore.run import rebuild_trained
+
+    recipe, built, module, _ = rebuild_trained(run_dir, checkpoint, overrides, plugins, None, "--data")
+    module.eval()
+    return recipe, module, built.data
+
+
+def _gallery(data, splits: list[str], modalities: list[str], previous) -> dict[str, list[GalleryItem]]:
+    if previous is not None and set(modalities) - set(previous["modalities"]):
+        raise XmcoreError(f"--add: the index holds {', '.join(previous['modalities'])} only")
+    gallery = gallery_items(data, splits, modalities)
+    if not any(gallery.values()) or (previous is None and not all(gallery.values())):
+        empty = [m for m in modalities if not gallery[m]]
+        raise XmcoreError(f"the gallery has no {', '.join(empty)} items in the splits {', '.join(splits)}")
+    return gallery
+
+
+def _job(checkpoint_sha: str, recipe, splits, modalities, shard_size: int, previous, gallery) -> dict[str, Any]:
+    """What a resumed build must share with the interrupted one: this exact command and this exact content."""
+    from xmcore.cache import data_fingerprint
+
+    return {
+        "checkpoint_sha256": checkpoint_sha,
+        "recipe": recipe.resolved(),
+        "splits": splits,
+        "modalities": modalities,
+        "shard_size": shard_size,
+        "add_to": previous["checksums"] if previous else None,
+        "content": {m: data_fingerprint([g.item for g in v]) for m, v in gallery.items()},
+    }
+
+
+def write_modality_index(build: Build, modality: str, shards: list[dict[str, Any]], added: int) -> dict[str, Any]:
+    """The modality's FAISS index (the earlier one with this build's vectors added) and its manifest entry."""
+    before = build.before(modality)
+    first_shard = len(before["shards"]) if before else 0
+    vectors = np.concatenate([np.load(build.out_dir / s["file"]) for s in shards[first_shard:]]) if added else None
+    dim = int(vectors.shape[1]) if vectors is not None and len(vectors) else int(before["dim"])
+    options = build.options
+    if before:
+        index = read_faiss(build.out_dir / before["index"]["file"])
+        if index.ntotal != before["count"]:
+            raise XmcoreError(f"{build.out_dir / before['index']['file']}: holds {index.ntotal} vectors, the manifest "
+                              f"says {before['count']}; the index was changed by hand: rebuild it")
+    else:
+        index = new_faiss_index(dim, options, train_sample(vectors, options) if options.kind == "ivfpq" else None)
+    if vectors is not None and len(vectors):
+        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    index_rel = f"faiss/{modality}{build.suffix}.index"
+    (build.out_dir / "faiss").mkdir(exist_ok=True)
+    write_faiss(build.out_dir / index_rel, index)
+    return {
+        "count": (before["count"] if before else 0) + added,
+        "dim": dim,
+        "shards": shards,
+        "index": {"file": index_rel, "type": options.kind, "params": options.params(), "ntotal": int(index.ntotal)},
+    }
+
+
+def _finish(build: Build, run_dir: Path, checkpoint: Path, checkpoint_sha: str, recipe, module,
+            source: dict[str, Any], entries: dict[str, Any]) -> dict[str, Any]:
+    """The stored model (a new index only), the manifest, and no more ``building.json`` nor files of the
+    generation an --add replaced."""
+    out_dir, previous = build.out_dir, build.previous
+    if previous is None:
+        export_model(module, recipe, out_dir / "model")
+    manifest = write_manifest(build, run_dir, checkpoint, checkpoint_sha, recipe, module, source, entries)
+    (out_dir / "building.json").unlink(missing_ok=True)
+    if previous:  # the files of the generation before, now that nothing points at them
+        for modality in entries:
+            for rel in (previous["modalities"][modality]["metadata"], previous["modalities"][modality]["index"]["file"]):
+                if rel not in (entries[modality]["metadata"], entries[modality]["index"]["file"]):
+                    (out_dir / rel).unlink(missing_ok=True)
+    return manifest
