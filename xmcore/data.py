@@ -12,6 +12,7 @@ captions has the same shape.
 
 from __future__ import annotations
 
+import os
 import random
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -133,27 +134,54 @@ class LazyItem:
         return None
 
 
+def outside_folder(path: Path, root: Path | None) -> str | None:
+    """Why reading ``path`` would leave the data folder ``root``, or ``None``: a path inside ``root`` that a
+    symbolic link (the file, or a folder on the way) takes outside it.  A path written outside ``root``
+    (absolute, or with ``..``, in a manifest) is what its author named, and is not judged here."""
+    if root is None:
+        return None
+    root = Path(os.path.abspath(root))
+    written = Path(os.path.abspath(path))
+    if not written.is_relative_to(root):
+        return None
+    target, real_root = written.resolve(), root.resolve()
+    if target.is_relative_to(real_root):
+        return None
+    return (f"symbolic link out of the data folder ({written.relative_to(root)} leads to {target}, outside {root}; "
+            "copy the file into the data folder)")
+
+
+def image_problem(load: Callable[[], Any]) -> str | None:
+    """Why an image cannot be used, or ``None``, after a full decode (so a truncated file is caught): too large
+    (by its header, before decoding) or unreadable."""
+    from xmcore.errors import QueryError
+
+    try:
+        load()
+    except QueryError as exc:  # xmcore.media.open_image: more pixels than MAX_PIXELS
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 -- PIL raises many types for bad files
+        return f"unreadable image ({type(exc).__name__}: {exc})"
+    return None
+
+
 @dataclass(frozen=True)
 class ImageFile(LazyItem):
-    """An image on disk."""
+    """An image on disk; with ``root``, the data folder it must not be led out of by a symbolic link."""
 
     path: Path
+    root: Path | None = None
 
     def load(self):
-        from PIL import Image
+        from xmcore.media import open_image
 
-        with Image.open(self.path) as im:
-            return im.convert("RGB")
+        return open_image(self.path)
 
     def check(self) -> str | None:
-        """Why the image cannot be used, or ``None``: a full decode, so truncated files are caught."""
+        """Why the image cannot be used, or ``None``: missing, led out of the data folder, too large, unreadable."""
         if not self.path.is_file():
             return "missing file"
-        try:
-            self.load()
-        except Exception as exc:  # noqa: BLE001 -- PIL raises many types for bad files
-            return f"unreadable image ({type(exc).__name__}: {exc})"
-        return None
+        return outside_folder(self.path, self.root) or image_problem(self.load)
 
     def fingerprint(self) -> str:
         """What identifies the file's content for caches: path, size and modification time."""

@@ -41,16 +41,27 @@ def servable_type(name: str | Path | None) -> str | None:
     return kind
 
 
-def read_image(file: BinaryIO):
-    """An RGB PIL image from an image file (at most ``MAX_PIXELS``): the core's reader of image queries."""
+def open_image(file: str | Path | BinaryIO):
+    """An RGB PIL image from a path or binary file.  One of more than ``MAX_PIXELS`` is refused from its header,
+    before anything is decoded: a decompression bomb (a small file whose header claims 100,000 x 100,000
+    pixels) raises :class:`~xmcore.errors.QueryError` (``too_large``) instead of taking gigabytes."""
     from PIL import Image
 
     try:
-        with Image.open(file) as im:
-            if im.width * im.height > MAX_PIXELS:
-                raise QueryError(f"more than {MAX_PIXELS // 1_000_000} megapixels ({im.width} x {im.height})",
-                                 too_large=True)
-            return im.convert("RGB")
+        opened = Image.open(file)
+    except Image.DecompressionBombError as exc:  # PIL's own limit, at twice Image.MAX_IMAGE_PIXELS
+        raise QueryError(f"image too large ({exc})", too_large=True) from None
+    with opened as im:
+        if im.width * im.height > MAX_PIXELS:
+            raise QueryError(f"image too large ({im.width} x {im.height} pixels: more than "
+                             f"{MAX_PIXELS // 1_000_000} megapixels)", too_large=True)
+        return im.convert("RGB")
+
+
+def read_image(file: BinaryIO):
+    """An RGB PIL image from an image file (at most ``MAX_PIXELS``): the core's reader of image queries."""
+    try:
+        return open_image(file)
     except QueryError:
         raise
     except Exception as exc:  # noqa: BLE001 -- PIL raises many types for bad input; none may take a server down

@@ -55,7 +55,7 @@ def read_wikipedia(params, ctx) -> RetrievalData:
                 "label": name,
                 "split": "val" if split == "test" and n in held_out else split,
             })
-    return _by_class(from_records(records, str(root), None, 0))
+    return _by_class(from_records(records, str(root), None, 0, root=root))
 
 
 def _wikipedia_categories(root: Path) -> tuple[str, ...]:
@@ -131,7 +131,7 @@ def read_pascal_sentences(params, ctx) -> RetrievalData:
             lines = _sentences(sentences / category, file.stem)
             texts = [" ".join(lines)] if params.sentences == "joined" else lines
             records += [{"owner": file, "member": text, "label": category, "split": split} for text in texts or [""]]
-    return _by_class(from_records(records, str(root), None, 0))
+    return _by_class(from_records(records, str(root), None, 0, root=root))
 
 
 def _per_class_split(count: int, per_class: tuple[int, int, int], rng: np.random.Generator) -> list[str]:

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator, TextIO
 
 import numpy as np
 
-from xmcore.data import ImageFile, RetrievalData, Split, seeded_split
+from xmcore.data import ImageFile, LazyItem, RetrievalData, Split, seeded_split
 from xmcore.errors import XmcoreError
+from xmcore_datasets.webdataset import MissingImage
 
 IMAGE_TEXT = ("image", "text")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -35,11 +38,13 @@ def _resolve(base: Path, path: str | Path) -> Path:
 
 
 def from_records(
-    records: Iterable[dict[str, Any]], source: str, ratios, seed: int, modalities: tuple[str, str] = IMAGE_TEXT
+    records: Iterable[dict[str, Any]], source: str, ratios, seed: int, modalities: tuple[str, str] = IMAGE_TEXT,
+    root: Path | None = None,
 ) -> RetrievalData:
     """Group (owner, member[, label][, split]) records by owner -- an image and its captions -- and split
-    them by their own split or by ratios.  ``modalities`` names the owners' and the members' modality."""
-    make = {m: _item_maker(m) for m in modalities}
+    them by their own split or by ratios.  ``modalities`` names the owners' and the members' modality;
+    ``root`` is the data folder that no symbolic link may lead an image out of."""
+    make = {m: _item_maker(m, root) for m in modalities}
     owners: dict[Path, dict[str, Any]] = {}
     for r in records:
         label = r.get("label")
@@ -76,13 +81,16 @@ def from_records(
     return RetrievalData(splits, description=source, extras={"label_names": label_names})
 
 
-def _item_maker(modality: str) -> Callable[[Any], Any]:
-    """What a record's value becomes: a lazy file item for a path, the text itself for a caption."""
+def _item_maker(modality: str, root: Path | None = None) -> Callable[[Any], Any]:
+    """What a record's value becomes: a lazy file item for a path, the text itself for a caption; an item
+    already (a row without a file) stays what it is."""
     if modality == "image":
-        return ImageFile
-    if modality == "audio":
-        return audio_file_class()
-    return lambda text: text
+        make = lambda path: ImageFile(path, root)  # noqa: E731
+    elif modality == "audio":
+        make = audio_file_class()
+    else:
+        return lambda text: text
+    return lambda value: value if isinstance(value, LazyItem) else make(value)
 
 
 def audio_file_class() -> type:
@@ -111,7 +119,7 @@ def read_csv(params, ctx) -> RetrievalData:
     if not path.is_file():
         raise XmcoreError(f"data.path: no such file {path}")
     source = str(path)
-    with open(path, newline="", encoding="utf-8") as f:
+    with _text_file(path, newline="") as f:
         reader = csv.DictReader(f, delimiter=params.separator)
         columns = reader.fieldnames or []
         wanted = list(_pair_columns(params).values()) + [c for c in (params.label_column, params.split_column) if c]
@@ -124,7 +132,7 @@ def read_csv(params, ctx) -> RetrievalData:
                 f"columns found: {', '.join(columns) or 'none'}; set {keys} / data.separator to match the file"
             )
         records = [_record(row, params, path.parent, source, f"row {n}") for n, row in enumerate(reader, start=2)]
-    return from_records(records, source, params.split_ratios, params.seed, params.modalities)
+    return from_records(records, source, params.split_ratios, params.seed, params.modalities, path.parent)
 
 
 def read_jsonl(params, ctx) -> RetrievalData:
@@ -133,7 +141,7 @@ def read_jsonl(params, ctx) -> RetrievalData:
         raise XmcoreError(f"data.path: no such file {path}")
     source = str(path)
     records = []
-    with open(path, encoding="utf-8") as f:
+    with _text_file(path) as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -147,7 +155,7 @@ def read_jsonl(params, ctx) -> RetrievalData:
             if missing:
                 raise XmcoreError(f"{source} line {n}: no field {', '.join(map(repr, missing))}; fields: {', '.join(row)}")
             records.append(_record(row, params, path.parent, source, f"line {n}"))
-    return from_records(records, source, params.split_ratios, params.seed, params.modalities)
+    return from_records(records, source, params.split_ratios, params.seed, params.modalities, path.parent)
 
 
 def _pair_columns(params) -> dict[str, str]:
@@ -157,18 +165,53 @@ def _pair_columns(params) -> dict[str, str]:
 
 
 def _record(row: dict, params, folder: Path, source: str, where: str) -> dict[str, Any]:
+    """One manifest row as a record.  A caption that is not text (a number or list in JSON) is kept as it is,
+    for the data check to report; a row without a usable path gets an item that reports itself."""
     (owner_key, owner_column), (member_key, member_column) = _pair_columns(params).items()
     member = row[member_column]
     if member_key == "caption_column":
-        member = "" if member is None else str(member)
+        member = "" if member is None else member
     else:
-        member = _resolve(folder, str(member))
+        member = _file(folder, member, member_column, f"{source} {where}")
     return {
-        "owner": _resolve(folder, str(row[owner_column])),
+        "owner": _file(folder, row[owner_column], owner_column, f"{source} {where}"),
         "member": member,
         "label": row.get(params.label_column) if params.label_column else None,
         "split": _split_value(row.get(params.split_column), source, where) if params.split_column else None,
     }
+
+
+def _file(folder: Path, value: Any, column: str, where: str) -> Any:
+    """A manifest cell's path, resolved against the manifest's folder; a missing, empty or non-text cell (a short
+    CSV row, a JSON number) is an item that reports why it cannot be used."""
+    if isinstance(value, str) and value.strip():
+        return _resolve(folder, value)
+    if value is None or value == "":
+        return MissingImage(where, f"no path in column '{column}' (a short or empty row)")
+    return MissingImage(where, f"column '{column}' holds {type(value).__name__}, not a path")
+
+
+@contextmanager
+def _text_file(path: Path, newline: str | None = None) -> Iterator[TextIO]:
+    """``path`` opened as UTF-8 text (a byte-order mark at its start is skipped, as spreadsheets write one);
+    bytes that are not UTF-8 are an error naming the line."""
+    with open(path, encoding="utf-8-sig", newline=newline) as f:
+        try:
+            yield f
+        except UnicodeDecodeError as exc:
+            raise XmcoreError(f"{path}: {_undecodable(path)} is not UTF-8 text ({exc.reason}: byte "
+                              f"0x{exc.object[exc.start]:02x}); save the file as UTF-8") from None
+
+
+def _undecodable(path: Path) -> str:
+    """Which line of a file is not UTF-8 (or 'the file', if none alone fails)."""
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return f"line {n}"
+    return "the file"
 
 
 def read_karpathy(params, ctx) -> RetrievalData:
@@ -176,27 +219,45 @@ def read_karpathy(params, ctx) -> RetrievalData:
     if not path.is_file():
         raise XmcoreError(f"data.annotations: no such file {path} (expected dataset_flickr30k.json or dataset_coco.json)")
     source = str(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise XmcoreError(f"{source}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    with _text_file(path) as f:
+        try:
+            doc = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise XmcoreError(f"{source}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise XmcoreError(f"{source}: expected a Karpathy split file: an object with an 'images' list")
     root = ctx.path(params.image_root)
     records = []
     for n, image in enumerate(doc["images"]):
-        try:
-            filename = image["filename"]
-            split = image["split"]
-            sentences = image["sentences"]
-        except (KeyError, TypeError) as exc:
-            raise XmcoreError(f"{source}: images[{n}] has no {exc} (needs filename, split, sentences)") from None
+        filename, split, sentences = _karpathy_image(image, f"{source}: images[{n}]")
         if split == "restval" and params.restval_to_train:
             split = "train"
         image_path = root / image.get("filepath", "") / filename
+        if not Path(os.path.normpath(image_path)).is_relative_to(os.path.normpath(root)):
+            image_path = MissingImage(f"{source}: images[{n}]", f"filepath/filename lead outside data.image_root {root}")
         for sentence in sentences:
             records.append({"owner": image_path, "member": sentence.get("raw", ""), "split": split})
-    return from_records(records, source, None, 0)
+    return from_records(records, source, None, 0, root=root)
+
+
+def _karpathy_image(image: Any, where: str) -> tuple[str, str, list[dict]]:
+    """An entry of a Karpathy file's images: its filename, split and sentences, or an error saying which is wrong."""
+    expected = ("an object with filename (text), split (train, val, test or restval), sentences (a list of objects "
+                "with 'raw' text) and optionally filepath (text)")
+    if not isinstance(image, dict):
+        raise XmcoreError(f"{where} is {type(image).__name__}; expected {expected}")
+    missing = [key for key in ("filename", "split", "sentences") if key not in image]
+    if missing:
+        raise XmcoreError(f"{where} has no {', '.join(map(repr, missing))}; expected {expected}")
+    wrong = [f"{key} is {type(image[key]).__name__}" for key in ("filename", "filepath")
+             if key in image and not isinstance(image[key], str)]
+    if image["split"] not in ("train", "val", "test", "restval"):
+        wrong.append(f"split is {image['split']!r}")
+    if not isinstance(image["sentences"], list) or not all(isinstance(x, dict) for x in image["sentences"]):
+        wrong.append("sentences is not a list of objects")
+    if wrong:
+        raise XmcoreError(f"{where}: {'; '.join(wrong)}; expected {expected}; fix the file (or regenerate it)")
+    return image["filename"], image["split"], image["sentences"]
 
 
 def read_imagefolder(params, ctx) -> RetrievalData:
@@ -227,7 +288,7 @@ def read_class_folders(params, ctx, suffixes: set[str], modality: str) -> Retrie
                 if file.suffix.lower() in suffixes:
                     for template in params.templates:
                         records.append({"owner": file, "member": template.format(label=name), "label": cls.name, "split": split})
-    data = from_records(records, str(root), params.split_ratios, params.seed, (modality, "text"))
+    data = from_records(records, str(root), params.split_ratios, params.seed, (modality, "text"), root)
     for split in data.splits.values():  # class-level retrieval: a caption is relevant to every item of its class
         split.relevance = "label"
     return data

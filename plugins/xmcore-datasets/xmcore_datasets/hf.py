@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from xmcore.data import ImageFile, LazyItem, RetrievalData, Split, seeded_split
+from xmcore.data import ImageFile, LazyItem, RetrievalData, Split, image_problem, seeded_split
 from xmcore.errors import XmcoreError
 from xmcore_datasets.webdataset import MissingImage
 
@@ -53,7 +53,7 @@ class TableImage(LazyItem):
     index: int = -1
 
     def load(self):
-        from PIL import Image
+        from xmcore.media import open_image
 
         value = _cell(self)
         if isinstance(value, dict):  # a datasets Image feature: bytes, or else a path
@@ -62,10 +62,11 @@ class TableImage(LazyItem):
             raise FileNotFoundError(f"no image in row {self.row} of column '{self.column}'")
         if isinstance(value, str):
             path = Path(value).expanduser()
-            with Image.open(path if path.is_absolute() else self.file.parent / path) as im:
-                return im.convert("RGB")
-        with Image.open(io.BytesIO(value)) as im:
-            return im.convert("RGB")
+            return open_image(path if path.is_absolute() else self.file.parent / path)
+        return open_image(io.BytesIO(value))
+
+    def check(self) -> str | None:
+        return image_problem(self.load)
 
     def fingerprint(self) -> str:
         st = self.file.stat()
@@ -267,7 +268,7 @@ def _rows(file: TableFile, params) -> list[dict[str, Any]]:
         same_image = None  # what makes rows one image: the id column, else an image's path
         if paths:
             value = table[params.image_column][n]
-            image = ImageFile(_resolve(file.path.parent, value)) if value else MissingImage(f"{file.path}:row {n}", "row without image")
+            image = ImageFile(_resolve(file.path.parent, value), file.path.parent) if value else MissingImage(f"{file.path}:row {n}", "row without image")
             same_image = str(image.path) if value else None
         else:
             image = TableImage(file.path, params.image_column, n, int(groups[n]), int(indices[n]))

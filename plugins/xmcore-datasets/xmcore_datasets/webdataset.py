@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from braceexpand import braceexpand
 
-from xmcore.data import LazyItem, RetrievalData, Split, seeded_split
+from xmcore.data import LazyItem, RetrievalData, Split, image_problem, seeded_split
 from xmcore.errors import XmcoreError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -32,13 +32,15 @@ class TarImage(LazyItem):
     name: str
 
     def load(self):
-        from PIL import Image
+        from xmcore.media import open_image
 
         with open(self.shard, "rb") as f:
             f.seek(self.offset)
             data = f.read(self.size)
-        with Image.open(io.BytesIO(data)) as im:
-            return im.convert("RGB")
+        return open_image(io.BytesIO(data))
+
+    def check(self) -> str | None:
+        return image_problem(self.load)
 
     def fingerprint(self) -> str:
         st = self.shard.stat()
@@ -68,12 +70,14 @@ def index_shard(shard: Path) -> list[dict]:
                 stem, _, ext = base.partition(".")
                 key = member.name[: len(member.name) - len(base)] + stem
                 sample = samples.setdefault(key, {"key": key})
+                if _unsafe(member.name):  # nothing is extracted, but such a name is a hostile or broken tar
+                    sample.setdefault("unsafe", member.name)
                 ext = ext.lower()
                 if ext in IMAGE_EXTENSIONS:
                     sample["image"] = TarImage(shard, member.offset_data, member.size, member.name)
                 elif ext in ("txt", "cls", "json"):
                     sample[ext] = tar.extractfile(member).read().decode("utf-8", errors="replace")
-    except tarfile.ReadError as exc:
+    except tarfile.TarError as exc:  # ReadError, a truncated or corrupt header
         raise XmcoreError(f"webdataset: {shard} is not an uncompressed tar shard ({exc})") from None
     out = []
     for s in samples.values():
@@ -84,9 +88,19 @@ def index_shard(shard: Path) -> list[dict]:
                 caption = meta.get("caption") or meta.get("text") if isinstance(meta, dict) else None
             except json.JSONDecodeError:
                 caption = None
-        out.append({"key": s["key"], "image": s.get("image"), "caption": (caption or "").strip(),
+            caption = caption if isinstance(caption, str) else None  # a number or list there: no caption
+        image = s.get("image")
+        if "unsafe" in s:
+            image = MissingImage(f"{shard}:{s['unsafe']}", "unsafe member name (absolute, or with '..': webdataset "
+                                 "names members KEY.ext; rewrite the shard)")
+        out.append({"key": s["key"], "image": image, "caption": (caption or "").strip(),
                     "label": s.get("cls", "").strip() or None})
     return out
+
+
+def _unsafe(name: str) -> bool:
+    """A member name that would be written outside the folder a tar is unpacked into."""
+    return name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/")
 
 
 def _split(samples: list[dict], label_id: dict[str, int], shard_of: str) -> Split:
