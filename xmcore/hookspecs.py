@@ -148,7 +148,9 @@ def xmcore_register_explainers(register: Register) -> None:
     L2-normalised common-space embedding (``Tensor[1, dim]``) of an item of another modality; the score
     explained is their cosine.  ``model`` is an :class:`xmcore.explain.ExplainModel`: the trained
     encoders and fusion, always run on the raw item (never on cached features).  An image's map covers
-    the picture's own pixels; a text's attributions are per word (sum over a word's tokens).
+    the picture's own pixels; a text's attributions are per word (sum over a word's tokens); a map over
+    an item of any other modality is 2-D over what :class:`xmcore.explain.Canvas` shows (e.g. the
+    log-spectrogram the encoder read), which the explanation carries so that the core can draw it.
     ``modalities=`` names the modalities a method explains; a method that needs something of the
     encoder (a convolutional layer, its word-embedding layer) raises :class:`xmcore.errors.XmcoreError`
     saying what is missing.  Not called during ``xmcore run``.

@@ -207,6 +207,12 @@ class EvalSection(_Section):
         "rsum", description="what selects the best checkpoint: a metric id (validated in the loop) or 'loss'"
     )
     report: bool = Field(True, description="write report.md with figures (curves, R@K, projection, gallery)")
+    explain: bool | None = Field(
+        None,
+        description="the report also explains the gallery's results: the top 4 results of 3 queries under heatmaps "
+        "(explained.png). Unset: on where Grad-CAM explains the first modality's encoder (a CNN; under a second); "
+        "true: also by occlusion for other encoders (slower); false: off",
+    )
     metrics: list[MetricSection] = Field(default_factory=lambda: [MetricSection(**m) for m in DEFAULT_METRICS])
     relevance: Literal["auto", "owner", "label"] = Field(
         "auto",

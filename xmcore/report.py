@@ -9,7 +9,10 @@
   queries of the second their top-5 items of the first, correct ones framed in green, and for a few
   of the first their top-5 of the second, correct ones marked.  Any modality can be shown: items are
   drawn by :func:`xmcore.figures.draw_item` (images as pictures, strings as text, a plugin's item by
-  its own ``draw(ax)``, e.g. a spectrogram).
+  its own ``draw(ax)``, e.g. a spectrogram);
+* ``explained.png`` -- why (``eval.explain``): for the gallery's first three queries of the second
+  modality, the top four results of the first, each under the heatmap of an explainer (Grad-CAM by
+  default, :mod:`xmcore.explain.gallery`) with its score; the maps themselves in ``explained.npz``.
 
 The embeddings of the evaluated split are kept as ``embeddings.npz`` (:mod:`xmcore.embeddings`) so that
 ``xmcore report`` can draw everything again.
@@ -165,9 +168,7 @@ def gallery(split, embeddings: Mapping[str, np.ndarray], path: Path, queries: in
     first, second = pair or split.modalities[:2]
     if not all(m in embeddings and m in split.items for m in (first, second)):
         return None
-    rng = np.random.default_rng(0)
-    second_queries = rng.choice(len(embeddings[second]), size=min(queries, len(embeddings[second])), replace=False)
-    first_queries = rng.choice(len(embeddings[first]), size=min(3, len(embeddings[first])), replace=False)
+    second_queries, first_queries = _gallery_queries(embeddings, first, second, queries)
     plan = [(second, q, first) for q in second_queries] + [(first, q, second) for q in first_queries]
     groups = {m: split.groups(m) for m in (first, second)}
     plt = _plt()
@@ -184,6 +185,76 @@ def gallery(split, embeddings: Mapping[str, np.ndarray], path: Path, queries: in
     # No tight_layout: the long caption lists would shrink the thumbnails to nothing.
     fig.subplots_adjust(left=0.02, right=0.98, top=0.93, bottom=0.02, wspace=0.08, hspace=0.45)
     return _save(fig, path)
+
+
+def _gallery_queries(embeddings: Mapping[str, np.ndarray], first: str, second: str, queries: int = 4):
+    """The gallery's queries: ``queries`` of the second modality, three of the first (the same every time)."""
+    rng = np.random.default_rng(0)
+    second_queries = rng.choice(len(embeddings[second]), size=min(queries, len(embeddings[second])), replace=False)
+    first_queries = rng.choice(len(embeddings[first]), size=min(3, len(embeddings[first])), replace=False)
+    return second_queries, first_queries
+
+
+EXPLAINED_QUERIES, EXPLAINED_RESULTS = 3, 4
+
+
+def explained_gallery(split, embeddings: Mapping[str, np.ndarray], path: Path, explainer, pair: Sequence[str] | None = None,
+                      queries: int = EXPLAINED_QUERIES, k: int = EXPLAINED_RESULTS) -> str | None:
+    """The gallery's first ``queries`` queries of the second modality, each with its top ``k`` results of the first
+    under their heatmaps (``explainer``: a :class:`xmcore.explain.gallery.ReportExplainer` for the first modality)
+    and the score of each; the maps go to ``explained.npz`` beside the figure.  ``None`` (and a note) when there
+    is nothing to explain or the explainer cannot explain this model."""
+    from xmcore.errors import XmcoreError
+    from xmcore.explain.gallery import explain_results
+    from xmcore.explain.outputs import draw_map
+
+    first, second = pair or split.modalities[:2]
+    if explainer is None or explainer.modality != first or not all(m in embeddings and m in split.items for m in (first, second)):
+        return None
+    picked = _gallery_queries(embeddings, first, second)[0][:queries]
+    try:
+        rows = explain_results(split, embeddings, explainer, picked, second, k)
+    except XmcoreError as exc:
+        if not explainer.auto:  # asked for by the recipe: say why it is missing
+            import sys
+
+            print(f"note: eval.explain: the report has no explained results: {exc}", file=sys.stderr)
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(len(rows), k + 1, figsize=(2.1 * (k + 1), 2.4 * len(rows)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for row, explained in zip(axes, rows):
+        if draw_item(row[0], explained.item):
+            _picture_cell(row[0])
+        row[0].set_title(f"{second} query", fontsize=8)
+        for rank, (ax, index, hit, explanation) in enumerate(zip(row[1:], explained.results, explained.hits,
+                                                                  explained.explanations), start=1):
+            ax.axis("on")
+            draw_map(ax, split.items[first][index], explanation)
+            if not np.asarray(explanation.attributions).max() > 0:  # a blank heatmap is an answer too: say so
+                ax.text(0.5, 0.06, "nothing here raises the score", transform=ax.transAxes, ha="center", fontsize=6,
+                        bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1})
+            _picture_cell(ax, GREEN if hit else GREY)
+            ax.set_title(f"#{rank} score {explanation.score:.3f}" + (" ✓" if hit else ""), fontsize=8,
+                         color=GREEN if hit else "black")
+    fig.suptitle(f"why these results? {explainer.method} heatmaps (red: raises the score most; green frame / ✓: "
+                 "a correct result)", fontsize=9)
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.9, bottom=0.03, wspace=0.08, hspace=0.45)
+    _save_maps(path.with_suffix(".npz"), rows, explainer.method)
+    return _save(fig, path)
+
+
+def _save_maps(path: Path, rows, method: str) -> None:
+    """The figure's raw maps, ``map_<row>_<rank>`` (signed, as the explainer gave them), with each row's
+    query index, its results' indices and scores, and the method."""
+    arrays = {f"map_{r}_{n}": e.attributions for r, row in enumerate(rows) for n, e in enumerate(row.explanations)}
+    arrays.update(query=np.array([row.query for row in rows]), results=np.array([row.results for row in rows]),
+                  scores=np.array([[e.score for e in row.explanations] for row in rows], dtype=np.float32),
+                  method=np.array(method))
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _picture_cell(ax, frame: str | None = None) -> None:
@@ -219,9 +290,11 @@ def write_report(
     split=None,
     log: Path | None = None,
     pair: Sequence[str] | None = None,
+    explainer=None,
 ) -> Path:
     """Draw the figures and write ``report.md`` beside them; returns the report's path.  The gallery shows
-    ``pair`` (two modalities), by default the split's first two."""
+    ``pair`` (two modalities), by default the split's first two; with ``explainer``
+    (:func:`xmcore.explain.gallery.report_explainer`) its results are explained in a second figure."""
     figures = []
     if log is not None and (name := loss_curves(log, out_dir / "curves.png")):
         figures.append(("Training", name))
@@ -231,6 +304,8 @@ def write_report(
     figures.append(("The common space", projection(embeddings, out_dir / "projection.png")))
     if split is not None and (name := gallery(split, embeddings, out_dir / "gallery.png", pair=pair)):
         figures.append(("Retrieval examples", name))
+    if split is not None and (name := explained_gallery(split, embeddings, out_dir / "explained.png", explainer, pair)):
+        figures.append(("Why these results?", name))
     sizes = ", ".join(f"{len(e)} {m}" for m, e in embeddings.items())
     parts = [f"# {title}", "", f"Evaluated on {sizes}.", "", metrics_table(metrics)]
     for heading, name in figures:
@@ -272,8 +347,31 @@ def regenerate(run_dir: Path, plugins) -> Path:
                 split = candidate
         except (XmcoreError, KeyError):
             split = None  # the data moved: draw everything but the gallery
+    explainer = _run_explainer(run_dir, recipe, plugins, split) if split is not None else None
     title = f"{run_dir.name}"
-    return write_report(run_dir, title, metrics, rankings, emb, split, run_dir / "logs" / "metrics.csv")
+    return write_report(run_dir, title, metrics, rankings, emb, split, run_dir / "logs" / "metrics.csv",
+                        explainer=explainer)
+
+
+def _run_explainer(run_dir: Path, recipe, plugins, split):
+    """The report's explainer for a finished run (its best checkpoint), or ``None``: ``eval.explain`` false, no
+    checkpoint (an evaluation's folder), or no method for the run's first modality."""
+    import sys
+
+    from xmcore.errors import XmcoreError
+    from xmcore.explain import load_model
+    from xmcore.explain.gallery import report_explainer
+
+    setting, first = recipe.eval.explain, split.modalities[0]
+    if setting is False or report_explainer(setting, {first: None}, None, plugins, first) is None:
+        return None
+    try:
+        model = load_model(run_dir, plugins)
+    except XmcoreError as exc:
+        if setting:
+            print(f"note: eval.explain: the report has no explained results: {exc}", file=sys.stderr)
+        return None
+    return report_explainer(setting, model.encoders, model.fusion, plugins, first, model.source)
 
 
 COMPARE_COLUMNS = 3

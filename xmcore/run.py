@@ -386,9 +386,11 @@ def assemble(recipe: Recipe, base_dir: Path, run_dir: Path | None, training: boo
 
 
 def evaluate_and_write(module, datamodule, built: Built, recipe: Recipe, out_dir: Path, checkpoint: str | None,
-                       title: str, log: Path | None = None) -> dict[str, float]:
-    """Embed the evaluation split, rank, compute the metrics; write metrics.json, metrics.md and the report."""
+                       title: str, log: Path | None = None, plugins: Plugins | None = None) -> dict[str, float]:
+    """Embed the evaluation split, rank, compute the metrics; write metrics.json, metrics.md and the report
+    (its explained results need ``plugins``: the explainers)."""
     from xmcore.embeddings import save_embeddings
+    from xmcore.explain.gallery import report_explainer
     from xmcore.report import write_report
 
     split = built.data.splits[recipe.eval.split]
@@ -407,7 +409,8 @@ def evaluate_and_write(module, datamodule, built: Built, recipe: Recipe, out_dir
     normalised = {m: e.numpy() for m, e in rankings.embeddings.items()}
     save_embeddings(out_dir / "embeddings.npz", normalised, split)
     if recipe.eval.report:
-        write_report(out_dir, title, metrics, rankings, normalised, split, log)
+        explainer = report_explainer(recipe.eval.explain, module.encoders, module.fusion, plugins, split.modalities[0])
+        write_report(out_dir, title, metrics, rankings, normalised, split, log, explainer=explainer)
     return metrics
 
 
@@ -493,7 +496,8 @@ def train_and_evaluate(
     best = checkpoint.best_model_path or checkpoint.last_model_path or None  # none under fast_dev_run
     print(f"note: {evaluated_checkpoint(checkpoint, run_dir)}", file=sys.stderr, flush=True)
     title = f"{recipe.name}: {recipe.eval.split} split" + (f" ({Path(best).name})" if best else "")
-    metrics = evaluate_and_write(module, datamodule, built, recipe, run_dir, best, title, run_dir / "logs" / "metrics.csv")
+    metrics = evaluate_and_write(module, datamodule, built, recipe, run_dir, best, title, run_dir / "logs" / "metrics.csv",
+                                 plugins)
     log_final_metrics(loggers, metrics, recipe.eval.split, trainer.global_step)
     return metrics
 
@@ -556,4 +560,4 @@ def evaluate_run(run_dir: Path, overrides: list[str], plugins: Plugins, out_dir:
     recipe, built, module, datamodule = rebuild_trained(run_dir, checkpoint, overrides, plugins, out_dir, "overrides")
     write_yaml(out_dir / "recipe.yaml", recipe.resolved())
     title = f"{recipe.name}: {checkpoint.name} on the {recipe.eval.split} split"
-    return evaluate_and_write(module, datamodule, built, recipe, out_dir, None, title), out_dir
+    return evaluate_and_write(module, datamodule, built, recipe, out_dir, None, title, plugins=plugins), out_dir

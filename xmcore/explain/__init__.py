@@ -7,8 +7,10 @@ first-party ones, on captum, are in ``plugins/xmcore-explain``).  The core gives
 (:class:`ExplainModel`: the real encoders, never cached features), the fixed embedding of the other
 side of the pair, and two helpers every method needs: :func:`onto_picture` (a map over the model's
 input back onto the picture's own pixels, through the preprocessor's ``input_box``) and
-:func:`to_words` (token attributions summed into the words of the text).  :mod:`xmcore.explain.outputs`
-writes what ``xmcore explain`` writes.
+:func:`to_words` (token attributions summed into the words of the text).  A map over an item that is
+neither a picture nor a text comes with its :class:`Canvas`: what the map lies on, as the encoder read
+it (a spectrogram, say), so that the core draws it without knowing the modality.
+:mod:`xmcore.explain.outputs` writes what ``xmcore explain`` writes and draws a map into a figure.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 from xmcore.errors import XmcoreError
 from xmcore.explain.model import ExplainModel, load_model
 
-__all__ = ["ExplainModel", "Explanation", "Word", "explain", "load_model", "onto_picture", "peak", "to_words", "words_of"]
+__all__ = ["Canvas", "ExplainModel", "Explanation", "Word", "explain", "load_model", "onto_picture", "peak", "to_words", "words_of"]
 
 
 @dataclass
@@ -38,12 +40,26 @@ class Word:
 
 
 @dataclass
+class Canvas:
+    """What a 2-D map over an item other than a picture lies on, for drawing it: ``background`` has the map's
+    shape ``[rows, columns]`` (e.g. the log-spectrogram an encoder read: rows are frequency bands, columns
+    time frames); ``extent`` ``(left, right, bottom, top)`` places its columns and rows in the units that
+    ``xlabel`` and ``ylabel`` name (``None``: column and row numbers); row 0 is drawn at the bottom."""
+
+    background: np.ndarray
+    extent: tuple[float, float, float, float] | None = None
+    xlabel: str = ""
+    ylabel: str = ""
+
+
+@dataclass
 class Explanation:
     """One explanation of a pair's cosine ``score`` in terms of one item of ``modality``.
 
     ``attributions``: for a picture ``[height, width]`` over its own pixels (positive: raises the score);
-    for a text one value per word of :attr:`words`.  ``details``: what the method wants to say about
-    itself (the layer Grad-CAM used, the integration's convergence delta)."""
+    for a text one value per word of :attr:`words`; for any other item a 2-D map over what :attr:`canvas`
+    shows (the same shape).  ``details``: what the method wants to say about itself (the layer Grad-CAM
+    used, the integration's convergence delta)."""
 
     modality: str
     score: float
@@ -51,6 +67,7 @@ class Explanation:
     words: list[Word] | None = None
     method: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    canvas: Canvas | None = None
 
     def top_words(self, n: int = 5, against: bool = False) -> list[Word]:
         """The ``n`` words that raise the score most, strongest first (``against``: that lower it most)."""
@@ -132,4 +149,10 @@ def explain(component, params, model: ExplainModel, modality: str, item: Any, ta
     if result.words is not None and shape != (len(result.words),):
         raise XmcoreError(f"explainer '{component.name}' returned {shape} attributions for {len(result.words)} words "
                           "(the plugin's bug)")
+    if result.canvas is not None and shape != np.shape(result.canvas.background):
+        raise XmcoreError(f"explainer '{component.name}' returned a map of shape {shape} over a canvas of shape "
+                          f"{np.shape(result.canvas.background)}; expected the same shape (the plugin's bug)")
+    if modality != "image" and result.words is None and result.canvas is None:
+        raise XmcoreError(f"explainer '{component.name}' returned a map over a {modality} item without the canvas it "
+                          "lies on (Explanation.canvas; the plugin's bug)")
     return result

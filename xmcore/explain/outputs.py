@@ -78,34 +78,69 @@ def words_html(text: str, image: Explanation, words: Explanation | None) -> str:
 
 def overlay_png(picture, text: str, image: Explanation, words: Explanation | None) -> bytes:
     """The picture beside the picture under its heatmap, the score and method in the title, and the text
-    below with its words coloured as in the HTML."""
+    below with its words coloured as in the HTML.  (An item with a :class:`~xmcore.explain.Canvas`, such as a
+    spectrogram, is drawn the same way: its canvas beside the canvas under the map.)"""
     from xmcore.figures import pyplot
 
     plt = pyplot()
-    values = image.attributions
     fig, axes = plt.subplots(1, 2, figsize=(7.0, 3.9))
-    for ax in axes:
-        ax.imshow(picture)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    # What raises the score, as a share of the strongest place (the raw, signed values are in map.npy).
-    top = float(values.max()) if values.size else 0.0
-    relative = np.clip(values / top, 0, 1) if top > 0 else np.zeros_like(values)
-    shown = axes[1].imshow(relative, cmap="jet", alpha=0.5, vmin=0, vmax=1,
-                           extent=(0, picture.width, picture.height, 0), interpolation="bilinear")
+    draw_map(axes[0], picture, image, overlay=False)
+    shown = draw_map(axes[1], picture, image)
     bar = fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.04, ticks=[0, 0.5, 1])
     bar.ax.tick_params(labelsize=7)
     bar.set_label("raises the score (share of the peak)", fontsize=7)
-    x, y = peak(values)
-    axes[1].plot([x], [y], marker="+", color="white", markersize=12, mew=2)
-    axes[0].set_title("picture", fontsize=9)
+    axes[0].set_title("picture" if image.canvas is None else f"{image.modality} (as the model reads it)", fontsize=9)
     axes[1].set_title(f"{image.method}: score {image.score:.3f}", fontsize=9)
     _draw_words(fig, text, words)
-    fig.subplots_adjust(left=0.02, right=0.9, top=0.9, bottom=0.2, wspace=0.1)
+    fig.subplots_adjust(left=0.02 if image.canvas is None else 0.08, right=0.9, top=0.9, bottom=0.2, wspace=0.1 if image.canvas is None else 0.3)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
+
+
+def relative_map(values: np.ndarray) -> np.ndarray:
+    """What raises the score, as a share of the strongest place (0 to 1): what a heatmap shows.  The raw,
+    signed values are in ``map.npy``."""
+    values = np.asarray(values, dtype=np.float32)
+    top = float(values.max()) if values.size else 0.0
+    return np.clip(values / top, 0, 1) if top > 0 else np.zeros_like(values)
+
+
+def draw_map(ax, item, explanation: Explanation, overlay: bool = True, marker: bool = True):
+    """One explained item into a matplotlib axis: the picture (or, for a map with a canvas, the canvas:
+    what the map lies on), and over it (``overlay``) the map's :func:`relative_map` in a heatmap, its peak
+    marked with a cross.  Returns the heatmap's image (for a colour bar), or ``None`` without ``overlay``.
+
+    The drawing used by ``xmcore explain``'s ``overlay.png`` and by the report's explained gallery."""
+    values = np.asarray(explanation.attributions)
+    canvas = explanation.canvas
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if canvas is None:
+        from xmcore.data import materialize
+
+        ax.imshow(materialize(item))
+        rows, columns = values.shape
+        extent, origin = (0, columns, rows, 0), "upper"
+    else:
+        rows, columns = np.shape(canvas.background)
+        extent, origin = canvas.extent or (0, columns, 0, rows), "lower"
+        ax.imshow(canvas.background, origin=origin, extent=extent, aspect="auto", cmap="gray_r", interpolation="nearest")
+        ax.set_xlabel(canvas.xlabel, fontsize=7)
+        ax.set_ylabel(canvas.ylabel, fontsize=7)
+    if not overlay:
+        return None
+    shown = ax.imshow(relative_map(values), cmap="jet", alpha=0.5, vmin=0, vmax=1, extent=extent, origin=origin,
+                      interpolation="bilinear", aspect="auto" if canvas is not None else None)
+    if marker:
+        x, y = peak(values)
+        left, right, bottom, top = extent
+        # peak() counts rows from the array's first; the first row is at `top` when drawn from the top down
+        first, last = (top, bottom) if origin == "upper" else (bottom, top)
+        ax.plot([left + x / columns * (right - left)], [first + y / rows * (last - first)], marker="+",
+                color="white", markersize=12, mew=2)
+    return shown
 
 
 def _draw_words(fig, text: str, words: Explanation | None) -> None:
