@@ -9,6 +9,9 @@
     GET  /items/{id}            an item's metadata (with media_url and media_type when it has a file to show)
     GET  /items/{id}/media      an item's file, served as its media type: only files that the index lists,
                                 looked up by id
+    GET  /explain?item=ID&text=...[&method=gradcam][&format=json|png]
+                                why a gallery item matches a text: the map over the item (a picture) and the
+                                text's word attributions, as JSON or as the picture under its heatmap (PNG)
 
 Bounded input: a query of at most ``MAX_QUERY_CHARS`` characters, k of 1 to ``MAX_K``, uploads of
 at most ``MAX_UPLOAD_BYTES``, and whatever the modality's reader bounds (an image's pixels, a clip's
@@ -16,23 +19,37 @@ duration: 413 with the reason); anything else is a 4xx whose body is always ``{"
 saying what was expected without echoing the input back.  A search answers ``{"query", "results",
 "warnings"}``; ``warnings`` holds the query encoder's notes (e.g. most words unknown to an LSTM).  The
 page shows each result by its media type: a picture as an image, whatever a browser plays in an HTML
-media element with the element's controls.  The server binds 127.0.0.1 unless told otherwise, and
-checks that the port is free before it says it serves.
+media element with the element's controls; a picture found by words gets a "why?" button that lays
+/explain's heatmap over it and colours the query's words.
+
+/explain runs the model stored in the index (loaded on the first call, as ``xmcore explain INDEX_DIR``
+loads it, and kept: a copy of its own, so searches never wait behind an explanation), one explanation
+at a time in the threadpool, and keeps the last few, so that the page's JSON and PNG of one pair cost
+one run.  Only items of the gallery are explained, read from the files the index lists.
+
+The server binds 127.0.0.1 unless told otherwise, and checks that the port is free before it says it serves.
 """
 
 
 import io
 import json
 import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from xmcore.errors import QueryError, XmcoreError
+from pydantic import BaseModel
+
+from xmcore.errors import QueryError, XmcoreError, did_you_mean
 
 MAX_QUERY_CHARS = 1000
 MAX_K = 100
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 PUBLIC_FIELDS = ("id", "modality", "caption", "label", "split", "belongs_to")  # what a client sees of an item
+EXPLAIN_GRID = 64  # /explain's JSON map: at most this many cells a side
+EXPLAIN_KEPT = 16  # explanations kept (the page asks for the JSON, then the PNG, of one pair)
+PREFERRED_METHODS = ("gradcam", "occlusion")  # /explain's default: the first of these that fits the encoder
 
 
 class _TooLarge(Exception):
@@ -89,11 +106,217 @@ def upload_accept(index, modality: str) -> str:
     return ",".join(kinds) or ("image/*" if modality == "image" else "")
 
 
-def create_app(index):
-    """The FastAPI application over an opened :class:`xmcore.index.SearchIndex`."""
+class Detail(BaseModel):
+    """Every error's body: one line that says what was expected."""
+
+    detail: str
+
+
+class ExplainedWord(BaseModel):
+    word: str
+    start: int  # characters of the text, as Python counts them (code points)
+    end: int
+    attribution: float  # > 0: the word raises the score
+    read: bool  # False: the text model read no token of it
+
+
+class ExplainedMap(BaseModel):
+    shape: list[int]  # [rows, columns] of values: the item's map shrunk to at most EXPLAIN_GRID a side
+    values: list[list[float]]  # rows top to bottom, > 0 where the item raises the score
+    size: list[int]  # the full map's [height, width]: a picture's pixels
+    peak: list[float]  # [x, y] of the full map's maximum, in its pixels
+    details: dict[str, Any]  # what the method says of itself (the layer Grad-CAM used...)
+
+
+class ExplainedMatch(BaseModel):
+    item: str
+    modality: str
+    text: str
+    score: float  # the cosine of the item's and the text's embeddings
+    method: str
+    map: ExplainedMap
+    words_by: str | None  # the method that attributed the words (none: the text model cannot say)
+    words: list[ExplainedWord]
+    notes: list[str]  # e.g. why the words have no attributions
+
+
+class ExplainRefused(XmcoreError):
+    """An /explain request that cannot be answered; ``status`` is its HTTP status."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Explained:
+    item: str
+    text: str
+    raw: Any  # the item as the model read it (a picture)
+    image: Any  # xmcore.explain.Explanation of the item
+    words: Any = None  # ... of the text, or None
+    notes: list[str] = field(default_factory=list)
+
+
+class Explainers:
+    """What /explain runs: the model stored in the index (loaded on the first call, as ``xmcore explain
+    INDEX_DIR`` loads it, and kept), one explanation at a time, the last :data:`EXPLAIN_KEPT` kept."""
+
+    def __init__(self, index, plugins=None):
+        self.index, self._plugins, self._model = index, plugins, None
+        self._lock = threading.Lock()
+        self._kept: OrderedDict[tuple, Explained] = OrderedDict()
+
+    @property
+    def plugins(self):
+        if self._plugins is None:
+            from xmcore.plugins import load_plugins
+
+            self._plugins = load_plugins()
+        return self._plugins
+
+    def methods(self, modality: str) -> list[str]:
+        return [c.name for c in self.plugins["explainer"] if c.accepts(modality)]
+
+    def explainable(self) -> list[str]:
+        """The gallery's modalities an installed explainer maps against a text (a text against a text: none)."""
+        return [m for m in self.index.modalities if m != "text" and m in self.index.model.encoders and self.methods(m)]
+
+    def explain(self, item_id: str, text: str, method: str | None = None) -> Explained:
+        """The explanation of gallery item ``item_id`` against ``text`` (checked first, run once, then kept)."""
+        meta = self.index.by_id.get(item_id)
+        if meta is None:
+            raise ExplainRefused(404, f"item: no item '{item_id[:80]}' in this index (an id as /search returns, e.g. image-0)")
+        modality = meta.get("modality") or item_id.split("-")[0]
+        self.check(item_id, modality)
+        candidates = self.candidates(modality, method)
+        key = (item_id, text, method)
+        with self._lock:
+            if key not in self._kept:
+                raw = self.read(item_id, meta, modality)
+                self._kept[key] = self.run(self.model(), item_id, modality, raw, text, candidates)
+                while len(self._kept) > EXPLAIN_KEPT:
+                    self._kept.popitem(last=False)
+            self._kept.move_to_end(key)
+            return self._kept[key]
+
+    def check(self, item_id: str, modality: str) -> None:
+        if "text" not in self.index.model.encoders:
+            raise ExplainRefused(422, f"this index's model reads no text (it has: {', '.join(self.index.model.encoders)}); "
+                                      "/explain explains a match with a text")
+        if modality not in self.explainable():
+            kinds = ", ".join(self.explainable()) or "none in this index"
+            raise ExplainRefused(422, f"item '{item_id[:80]}' is a {modality} item, and no installed explainer maps a "
+                                      f"{modality} item against a text; /explain explains items of: {kinds}")
+
+    def candidates(self, modality: str, method: str | None) -> list[str]:
+        names = self.methods(modality)
+        if method is None:
+            return [n for n in PREFERRED_METHODS if n in names] or names[:1]
+        if method not in names:
+            raise ExplainRefused(422, f"method: '{method[:40]}' is not an installed explainer of {modality} items; "
+                                      f"{did_you_mean(method, names)}installed: {', '.join(names)}")
+        return [method]
+
+    def read(self, item_id: str, meta: dict[str, Any], modality: str) -> Any:
+        """The item as its encoder reads it, from the file the index lists (and checks), bounded as a query file is."""
+        found = self.index.media_file(meta)
+        if found is None:
+            raise ExplainRefused(409, f"item '{item_id[:80]}': the index keeps no intact file of it to explain; "
+                                      "rebuild the index with `xmcore index`")
+        try:
+            with open(found[0], "rb") as fh:
+                return self.index.read_query(modality, fh)
+        except XmcoreError as exc:
+            raise ExplainRefused(409, f"item '{item_id[:80]}': its file cannot be read ({self.tidy(exc)})") from None
+
+    def model(self):
+        if self._model is None:
+            from xmcore.explain import load_model
+
+            try:
+                self._model = load_model(self.index.dir, self.plugins)
+            except XmcoreError as exc:
+                raise ExplainRefused(409, f"no model to explain with: {self.tidy(exc)}") from None
+        return self._model
+
+    def run(self, model, item_id: str, modality: str, raw: Any, text: str, candidates: list[str]) -> Explained:
+        """The item's map by the first candidate that works on this encoder, then the text's words."""
+        from xmcore.explain import explain
+
+        target, notes = model.target("text", text), []
+        for name in candidates:
+            component = self.plugins["explainer"].get(name)
+            try:
+                image = explain(component, component.params.model_validate({}), model, modality, raw, target)
+                return Explained(item_id, text, raw, image, *self.words(model, modality, raw, text, notes))
+            except XmcoreError as exc:
+                notes.append(f"{name}: {self.tidy(exc)}")
+        raise ExplainRefused(422, f"item '{item_id[:80]}' cannot be explained: {'; '.join(notes)}")
+
+    def words(self, model, modality: str, raw: Any, text: str, notes: list[str]) -> tuple[Any, list[str]]:
+        from xmcore.explain import explain
+
+        names = self.methods("text")
+        if not names:
+            return None, [*notes, "no installed explainer attributes the words of a text"]
+        component = self.plugins["explainer"].get("integrated-gradients" if "integrated-gradients" in names else names[0])
+        try:
+            return explain(component, component.params.model_validate({}), model, "text", text,
+                           model.target(modality, raw)), notes
+        except XmcoreError as exc:
+            return None, [*notes, f"words: {self.tidy(exc)}"]
+
+    def tidy(self, exc: Exception) -> str:
+        """A message without the server's paths (the index folder is 'this index')."""
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        for path in {str(self.index.dir.resolve()), str(self.index.dir)}:
+            message = message.replace(path, "this index")
+        return message
+
+    def record(self, result: Explained) -> dict[str, Any]:
+        """The JSON of an explanation (:class:`ExplainedMatch`)."""
+        from xmcore.explain import peak
+        from xmcore.explain.outputs import _plain, coarse_map
+
+        image, words = result.image, result.words
+        grid = coarse_map(image.attributions, EXPLAIN_GRID)
+        return {"item": result.item, "modality": image.modality, "text": result.text, "score": round(image.score, 6),
+                "method": image.method,
+                "map": {"shape": list(grid.shape), "values": [[float(f"{v:.4g}") for v in row] for row in grid.tolist()],
+                        "size": list(image.attributions.shape), "peak": list(peak(image.attributions)),
+                        "details": _plain(image.details)},
+                "words_by": words.method if words else None,
+                "words": [{"word": w.text, "start": w.start, "end": w.end, "attribution": round(w.attribution, 6),
+                           "read": w.read} for w in (words.words if words else [])],
+                "notes": result.notes}
+
+    def png(self, result: Explained) -> bytes:
+        from xmcore.explain.outputs import heatmap_png
+
+        if result.image.modality != "image":
+            raise ExplainRefused(422, f"format: png draws pictures, and '{result.item[:80]}' is a {result.image.modality} "
+                                      "item; ask for format=json")
+        return heatmap_png(result.raw, result.image)
+
+
+def wants_png(accept: str) -> bool:
+    """Content negotiation without ``format``: the first of application/json, image/png or image/* that the
+    Accept header names decides (a browser's <img> names image/* first); nothing named: JSON."""
+    for kind in (part.split(";")[0].strip().lower() for part in accept.split(",")):
+        if kind == "application/json":
+            return False
+        if kind in ("image/png", "image/*"):
+            return True
+    return False
+
+
+def create_app(index, plugins=None):
+    """The FastAPI application over an opened :class:`xmcore.index.SearchIndex` (``plugins``: for /explain's
+    methods; default: the installed ones, loaded on the first /explain call)."""
     from fastapi import FastAPI, HTTPException, Query, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
     from starlette.datastructures import UploadFile
 
@@ -103,6 +326,8 @@ def create_app(index):
     modalities, file_modalities = index.modalities, index.file_modalities
     expected = {"text": f"expected 1 to {MAX_QUERY_CHARS} characters", "k": f"expected a whole number from 1 to {MAX_K}",
                 "target": f"expected one of {', '.join(modalities)}",
+                "item": "expected an item id of this index, as /search returns",
+                "method": "expected the name of an installed explainer", "format": "expected json or png",
                 "file": "expected one query file in a multipart form field named by its modality: "
                         + (", ".join(file_modalities) or "(this index takes no query files)")}
 
@@ -242,6 +467,38 @@ def create_app(index):
         path, kind = found
         return FileResponse(path, media_type=kind, headers={"X-Content-Type-Options": "nosniff"})
 
+    explainers = Explainers(index, plugins)
+    refusals = {404: "no such item in this index", 409: "the index's stored model or the item's file is missing or damaged",
+                422: "bad input: an empty text, an unknown method, an item no installed explainer maps, format=png for an "
+                     "item that is not a picture"}
+
+    @app.get("/explain", response_model=ExplainedMatch, responses={
+        200: {"description": "JSON (the default; `Accept: application/json`), or with `format=png` (or an Accept header "
+                             "that names image/png or image/* before application/json) the picture under its heatmap, "
+                             "enlarged by a whole factor to at least 256 pixels on its shorter side (at most 1024 on its "
+                             "longer), its proportions kept, method and score along its foot",
+              "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+        **{status: {"model": Detail, "description": why} for status, why in refusals.items()}})
+    def explain_match(
+        request: Request,
+        item: str = Query(..., min_length=1, max_length=200, description="a gallery item's id, as /search returns it"),
+        text: str = Query(..., min_length=1, max_length=MAX_QUERY_CHARS, description="the words the item is explained against"),
+        method: str | None = Query(None, max_length=40, description="an installed explainer of the item's modality; "
+                                   "default: gradcam where the encoder has a convolutional stage, else occlusion"),
+        format: Literal["json", "png"] | None = Query(None, description="json or png; default: by the Accept header, else json"),
+    ):
+        """Why gallery item ``item`` matches ``text``: where in the item, and which of the text's words."""
+        if not text.strip():
+            raise HTTPException(422, "text: the text is empty; give the words to explain the match with")
+        png = format == "png" if format else wants_png(request.headers.get("accept", ""))
+        try:
+            result = explainers.explain(item, text, method)
+            if png:
+                return Response(explainers.png(result), media_type="image/png", headers={"Cache-Control": "no-store"})
+        except ExplainRefused as exc:
+            raise HTTPException(exc.status, str(exc)) from None
+        return explainers.record(result)
+
     return app
 
 
@@ -281,7 +538,7 @@ def serve(index_dir: Path, plugins, host: str = "127.0.0.1", port: int = 8000) -
     sock = bind(host, port)  # before anything else: a taken port is said at once, and nothing claims to serve
     try:
         index = SearchIndex(index_dir, plugins)
-        app = create_app(index)
+        app = create_app(index, plugins)
         print(f"serving {index_dir} at http://{host}:{port}/  (Ctrl-C stops)", flush=True)
         uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run(sockets=[sock])
     finally:
@@ -313,6 +570,13 @@ PAGE = """<!doctype html>
   .score { font-weight: 600; font-size: 13px; }
   .caption { font-size: 13px; margin-top: 4px; }
   .id { color: #778; font-size: 12px; }
+  .frame { position: relative; }
+  .frame img.heat { position: absolute; inset: 0; height: 100%; image-rendering: auto; }
+  button.why { font-size: 12px; padding: 2px 8px; margin-top: 4px; background: #5b6475; }
+  button.why[aria-pressed=true] { background: #2d6cdf; }
+  .why-words { font-size: 13px; margin-top: 4px; }
+  .why-words span.word { padding: 0 2px; border-radius: 3px; }
+  .why-note { color: #a33; font-size: 12px; }
 </style>
 </head>
 <body>
@@ -335,17 +599,20 @@ for (const m of modalities) {
   target.appendChild(o);
 }
 const status = document.getElementById("status"), results = document.getElementById("results");
+let searched = null;  // the text of the last search by words: what "why?" explains a picture against
 function show(data) {
   results.replaceChildren();
   for (const r of data.results) {
     const card = document.createElement("div"); card.className = "card"; card.dataset.id = r.id;
-    const shown = media(r); if (shown) card.appendChild(shown);
+    const shown = media(r);
+    if (shown) { const frame = document.createElement("div"); frame.className = "frame"; frame.appendChild(shown); card.appendChild(frame); }
     const score = document.createElement("div"); score.className = "score"; score.textContent = "#" + r.rank + "  " + r.score.toFixed(3);
     card.appendChild(score);
     const words = r.caption || r.file;
     if (words) { const c = document.createElement("div"); c.className = "caption"; c.textContent = words; card.appendChild(c); }
     const id = document.createElement("div"); id.className = "id"; id.textContent = r.id + (r.label !== undefined ? "  label " + r.label : "");
     card.appendChild(id);
+    if (searched !== null && shown instanceof HTMLImageElement) card.appendChild(whyButton(card, r.id, searched));
     results.appendChild(card);
   }
   status.textContent = data.results.length + " results in " + data.query.target
@@ -361,6 +628,48 @@ function media(r) {  // by the media type: a picture, or a media element (with c
   player.className = "player"; player.controls = true; player.preload = "metadata"; player.src = r.media_url;
   return player;
 }
+function whyButton(card, id, text) {  // lays /explain's heatmap over the picture and colours the words; again: off
+  const button = document.createElement("button"); button.type = "button"; button.className = "why";
+  button.textContent = "why?"; button.title = "where in the picture and which words make it match";
+  button.setAttribute("aria-pressed", "false");
+  button.addEventListener("click", async () => {
+    const on = card.querySelectorAll(".heat, .why-words, .why-note");
+    if (on.length) { on.forEach(e => e.remove()); button.setAttribute("aria-pressed", "false"); return; }
+    button.disabled = true; button.textContent = "why? \u2026";
+    const params = new URLSearchParams({item: id, text: text});
+    try {
+      const response = await fetch("/explain?" + params + "&format=json");
+      const data = await response.json();
+      if (!response.ok) throw new Error(typeof data.detail === "string" ? data.detail : response.statusText);
+      const heat = document.createElement("img"); heat.className = "heat";
+      heat.alt = "heatmap: " + data.method + ", score " + data.score.toFixed(3); heat.src = "/explain?" + params + "&format=png";
+      card.querySelector(".frame").appendChild(heat);
+      card.insertBefore(wordsLine(text, data), button);
+      button.setAttribute("aria-pressed", "true");
+    } catch (e) {
+      const note = document.createElement("div"); note.className = "why-note"; note.textContent = e.message;
+      card.appendChild(note); button.setAttribute("aria-pressed", "true");
+    } finally { button.disabled = false; button.textContent = "why?"; }
+  });
+  return button;
+}
+function wordsLine(text, data) {  // the query, each word green (raises the score) or red, as strong as its share of the strongest
+  const line = document.createElement("div"); line.className = "why-words";
+  const chars = Array.from(text);  // the server counts code points
+  const strongest = Math.max(0, ...data.words.filter(w => w.read).map(w => Math.abs(w.attribution)));
+  let at = 0;
+  for (const w of data.words) {
+    line.append(chars.slice(at, w.start).join(""));
+    const span = document.createElement("span"); span.className = "word"; span.textContent = chars.slice(w.start, w.end).join("");
+    const strength = w.read && strongest > 0 ? Math.abs(w.attribution) / strongest : 0;
+    span.style.backgroundColor = (w.attribution >= 0 ? "rgba(44, 160, 44, " : "rgba(214, 39, 40, ") + strength.toFixed(3) + ")";
+    span.dataset.attribution = w.attribution; span.title = w.read ? (w.attribution >= 0 ? "+" : "") + w.attribution.toFixed(4) : "not read by the model";
+    line.appendChild(span); at = w.end;
+  }
+  line.append(chars.slice(at).join(""));
+  if (!data.words.length) line.title = data.notes.join("; ");
+  return line;
+}
 async function answer(response) {
   const data = await response.json();
   if (!response.ok) { status.textContent = "error: " + (typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail)); return; }
@@ -372,6 +681,7 @@ document.getElementById("text-form").addEventListener("submit", async (e) => {
   if (!q.trim()) { status.textContent = "type something to search for"; return; }
   status.textContent = "searching...";
   const params = new URLSearchParams({text: q, k: document.getElementById("k").value, target: target.value});
+  searched = q;
   await answer(await fetch("/search?" + params));
 });
 const uploadsBox = document.getElementById("uploads");
@@ -383,7 +693,7 @@ for (const u of uploads) {
   label.append(u.modality + " ", input); uploadsBox.appendChild(label);
   input.addEventListener("change", async (e) => {
     const file = e.target.files[0]; if (!file) return;
-    status.textContent = "searching...";
+    status.textContent = "searching..."; searched = null;
     const body = new FormData(); body.append(u.modality, file); body.append("k", document.getElementById("k").value);
     body.append("target", target.value);
     await answer(await fetch("/search", {method: "POST", body}));

@@ -1,0 +1,159 @@
+"""`xmcore serve`'s /explain (why a gallery picture matches a text, as JSON and as PNG) and the page's "why?" button."""
+
+import io
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_serve import _serve, browser, lines  # noqa: F401 -- browser is a fixture
+
+ITEM = "image-3"
+
+
+@pytest.fixture(scope="module")
+def client(gallery_index, plugins):
+    from fastapi.testclient import TestClient
+
+    from xmcore.index import SearchIndex
+    from xmcore.serve import create_app
+
+    return TestClient(create_app(SearchIndex(gallery_index, plugins), plugins))
+
+
+@pytest.fixture(scope="module")
+def texts(gallery_index):
+    """The caption of ITEM, and a caption of another picture."""
+    captions = lines(gallery_index / "metadata" / "text.jsonl")
+    own = next(c["caption"] for c in captions if c["belongs_to"] == ITEM)
+    other = next(c["caption"] for c in captions if c["belongs_to"] != ITEM and c["caption"] != own)
+    return own, other
+
+
+def explained(client, text, headers=None, **params):
+    response = client.get("/explain", params={"item": ITEM, "text": text, **params}, headers=headers)
+    assert response.status_code == 200, response.text
+    return response
+
+
+def test_json_gives_the_score_the_map_and_the_words(client, gallery_index, texts):
+    text = texts[0]
+    body = explained(client, text).json()
+    picture = Image.open(gallery_index / "media" / f"{ITEM}.png")
+    assert body["item"] == ITEM and body["text"] == text and body["method"] == "gradcam"
+    found = client.get("/search", params={"text": text, "k": 100}).json()["results"]
+    assert body["score"] == pytest.approx(next(r["score"] for r in found if r["id"] == ITEM), abs=1e-4)  # the index's model
+    values = np.array(body["map"]["values"])
+    assert list(values.shape) == body["map"]["shape"] and max(values.shape) <= 64
+    assert body["map"]["size"] == [picture.height, picture.width] and values.std() > 0
+    words = body["words"]
+    assert [w["word"] for w in words] == text.split() and body["words_by"] == "integrated-gradients"
+    assert all(text[w["start"]:w["end"]] == w["word"] for w in words)
+    assert any(abs(w["attribution"]) > 0 for w in words) and body["notes"] == []
+
+
+def test_the_map_and_the_words_follow_the_text(client, texts):
+    own, other = (explained(client, t).json() for t in texts)
+    maps = np.array(own["map"]["values"]), np.array(other["map"]["values"])
+    assert np.abs(maps[0] - maps[1]).max() > 1e-3 * max(np.abs(maps[0]).max(), np.abs(maps[1]).max())
+    assert own["score"] != pytest.approx(other["score"], abs=1e-4)
+
+
+def test_png_is_the_picture_under_its_heatmap(client, gallery_index, texts):
+    picture = Image.open(gallery_index / "media" / f"{ITEM}.png").convert("RGB")
+    response = explained(client, texts[0], format="png")
+    assert response.headers["content-type"] == "image/png"
+    drawn = Image.open(io.BytesIO(response.content)).convert("RGB")
+    scale = drawn.width // picture.width  # a whole factor, the proportions kept, at least 256 pixels a side
+    assert drawn.size == (picture.width * scale, picture.height * scale) and min(drawn.size) >= 256
+    plain = np.asarray(picture.resize(drawn.size, Image.NEAREST), dtype=float)
+    assert np.abs(np.asarray(drawn, dtype=float) - plain).mean() > 10  # a heatmap covers it
+    other = np.asarray(Image.open(io.BytesIO(explained(client, texts[1], format="png").content)).convert("RGB"), dtype=float)
+    assert np.abs(np.asarray(drawn, dtype=float) - other).mean() > 1  # another text, another picture
+
+
+def test_the_accept_header_chooses_when_format_is_not_given(client, texts):
+    as_img = explained(client, texts[0], headers={"Accept": "image/avif,image/webp,image/*,*/*;q=0.8"})
+    assert as_img.headers["content-type"] == "image/png"
+    assert explained(client, texts[0], headers={"Accept": "*/*"}).headers["content-type"] == "application/json"
+    assert explained(client, texts[0], format="json", headers={"Accept": "image/png"}).json()["item"] == ITEM
+
+
+@pytest.mark.parametrize("method", ["occlusion", "integrated-gradients"])
+def test_another_method_by_name(client, texts, method):
+    body = explained(client, texts[0], method=method).json()
+    assert body["method"] == method and np.array(body["map"]["values"]).std() > 0
+
+
+@pytest.mark.parametrize("params,status,fragments", [
+    ({"item": "image-99999", "text": "a red circle"}, 404, ["no item 'image-99999'"]),
+    ({"item": ITEM, "text": "   "}, 422, ["text", "empty"]),
+    ({"item": ITEM, "text": ""}, 422, ["text"]),
+    ({"item": ITEM}, 422, ["text"]),
+    ({"text": "a red circle"}, 422, ["item"]),
+    ({"item": ITEM, "text": "a red circle", "method": "gradcm"}, 422, ["'gradcm'", "did you mean 'gradcam'", "occlusion"]),
+    ({"item": ITEM, "text": "a red circle", "format": "gif"}, 422, ["format", "json or png"]),
+    ({"item": "text-0", "text": "a red circle"}, 422, ["'text-0' is a text item", "items of: image"]),
+    ({"item": "../manifest.json", "text": "a red circle"}, 404, ["no item"]),
+])
+def test_bad_requests_get_a_4xx_that_says_why(client, params, status, fragments):
+    response = client.get("/explain", params=params)
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail and all(f in detail for f in fragments), detail
+
+
+def test_an_index_whose_stored_model_is_gone_says_so(gallery_index, plugins, tmp_path, texts):
+    from fastapi.testclient import TestClient
+
+    from xmcore.index import SearchIndex
+    from xmcore.serve import create_app
+
+    copy = shutil.copytree(gallery_index, tmp_path / "idx")
+    client = TestClient(create_app(SearchIndex(copy, plugins), plugins))
+    (copy / "model" / "weights.pt").unlink()  # after the server opened it
+    response = client.get("/explain", params={"item": ITEM, "text": texts[0]})
+    assert response.status_code == 409 and "no model to explain with" in response.json()["detail"]
+    assert "weights.pt" in response.json()["detail"] and str(tmp_path) not in response.text
+    assert client.get("/search", params={"text": texts[0]}).status_code == 200  # searching goes on
+
+
+def test_the_openapi_schema_documents_explain(client):
+    operation = client.get("/openapi.json").json()["paths"]["/explain"]["get"]
+    assert set(operation["responses"]["200"]["content"]) == {"application/json", "image/png"}
+    assert {"404", "409", "422"} <= set(operation["responses"])
+    assert operation["responses"]["404"]["content"]["application/json"]["schema"]["$ref"].endswith("/Detail")
+    assert {p["name"] for p in operation["parameters"]} == {"item", "text", "method", "format"}
+
+
+@pytest.fixture(scope="module")
+def server(gallery_index):
+    yield from _serve(gallery_index)
+
+
+def test_why_on_the_search_page_in_a_real_browser(server, browser, texts):  # noqa: F811 -- browser: the fixture
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 60)
+    browser.get(server + "/")
+    browser.find_element(By.ID, "query").send_keys(texts[0])
+    browser.find_element(By.ID, "search-button").click()
+    wait.until(lambda d: d.execute_script("return document.querySelectorAll('#results .card button.why').length > 0"))
+    assert browser.execute_script("return document.querySelectorAll('#results .card .heat').length") == 0
+    button = browser.find_element(By.CSS_SELECTOR, "#results .card button.why")
+    button.click()
+    card = "arguments[0].closest('.card')"
+    wait.until(lambda d: d.execute_script(
+        f"const h = {card}.querySelector('img.heat'); return h !== null && h.complete && h.naturalWidth > 0", button))
+    picture, heat = browser.execute_script(
+        f"const c = {card}; const p = c.querySelector('.frame img:not(.heat)'), h = c.querySelector('img.heat');"
+        "return [[p.naturalWidth, p.naturalHeight], [h.naturalWidth, h.naturalHeight]]", button)
+    assert heat[0] * picture[1] == heat[1] * picture[0] and heat[0] >= 256  # over the picture, its proportions kept
+    words = browser.execute_script(f"return [...{card}.querySelectorAll('.why-words span.word')]"
+                                   ".map(s => [s.textContent, getComputedStyle(s).backgroundColor])", button)
+    assert [w for w, _ in words] == texts[0].split()
+    assert any(not colour.endswith(", 0)") and colour != "rgba(0, 0, 0, 0)" for _, colour in words), words
+    button.click()  # off again
+    assert browser.execute_script(f"return {card}.querySelectorAll('.heat, .why-words').length", button) == 0
