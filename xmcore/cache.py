@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -104,7 +105,8 @@ def read_entry(folder: Path, count: int) -> torch.Tensor | None:
         if len(features) != count or len(features) != meta["rows"]:
             raise ValueError("row count differs")
         return features
-    except (OSError, ValueError, KeyError, json.JSONDecodeError, RuntimeError):
+    except (OSError, ValueError, KeyError, json.JSONDecodeError, RuntimeError) as exc:
+        print(f"note: feature cache entry {folder} is incomplete or damaged ({exc}); encoding again", file=sys.stderr)
         shutil.rmtree(folder, ignore_errors=True)
         return None
 

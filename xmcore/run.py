@@ -314,7 +314,8 @@ def embed_split(module, datamodule, recipe: Recipe, split, checkpoint: str | Non
         enable_progress_bar=recipe.trainer.enable_progress_bar is not False,
     )
     loaders = datamodule.item_dataloaders(recipe.eval.split)
-    predictions = trainer.predict(module, dataloaders=loaders, ckpt_path=checkpoint, return_predictions=True)
+    predictions = trainer.predict(module, dataloaders=loaders, ckpt_path=checkpoint, return_predictions=True,
+                                  weights_only=True)
     embeddings = {}
     for modality, batches in zip(split.modalities, predictions):
         index = torch.cat([i for i, _ in batches])
@@ -478,9 +479,12 @@ def train_and_evaluate(
     import pytorch_lightning as pl
 
     from xmcore.loggers import build_loggers, log_final_metrics, log_recipe
+    from xmcore.safeload import check_archive
 
     resolved = recipe.resolved()
     resume_from = prepare_run_dir(run_dir, resume, resolved)
+    if resume_from:
+        check_archive(resume_from, "the checkpoint --resume continues from")  # Lightning's load checks no checksum
     write_yaml(run_dir / "recipe.yaml", resolved)
     write_json(run_dir / "environment.json", environment(recipe, plugins, base_dir))
     loggers = build_loggers(recipe, run_dir)  # before the components: a logger's missing package fails fast
@@ -489,7 +493,7 @@ def train_and_evaluate(
     built, module, datamodule = assemble(recipe, base_dir, run_dir)
     trainer, checkpoint = build_trainer(recipe, built, datamodule, run_dir, loggers=loggers)
     log_recipe(loggers, resolved)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     if trainer.global_rank != 0:  # under DDP every process runs this function; one evaluates and writes
         return None
 
@@ -528,12 +532,11 @@ def rebuild_trained(run_dir: Path, checkpoint: Path, overrides, plugins: Plugins
     """A trained run's model with ``checkpoint``'s weights, over the data its recipe (with ``overrides``)
     names: the recipe, the built components, the module and the data module.  ``flag`` names what
     carried the overrides, for the message when they changed the model itself."""
-    import torch
-
     from xmcore.recipe import load_recipe, validate
+    from xmcore.safeload import load_weights
 
     recipe = validate(load_recipe(run_dir / "recipe.yaml", list(overrides)), plugins)
-    stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    stored = load_weights(checkpoint, "a checkpoint")
     # Relative paths in the stored recipe were relative to the original recipe's folder.
     base_dir = Path(stored.get("xmcore_base_dir", run_dir))
     built, module, datamodule = assemble(recipe, base_dir, out_dir, training=False)

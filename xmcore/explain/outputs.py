@@ -190,18 +190,22 @@ def coarse_map(values: np.ndarray, most: int = 64) -> np.ndarray:
 
 def heatmap_png(picture, image: Explanation, min_side: int = 256, max_side: int = 1024) -> bytes:
     """The picture under its heatmap (jet, the more opaque the more a place raises the score), enlarged by a
-    whole factor until its shorter side reaches ``min_side`` (its longer side kept within ``max_side``), the
-    method and score along its foot: an image of the picture's own proportions, to lay over it."""
+    whole factor until its shorter side reaches ``min_side`` (its longer side kept within ``max_side``; a
+    picture longer than that is shrunk to it), the method and score along its foot: an image of the
+    picture's own proportions, to lay over it."""
     from matplotlib import colormaps
     from PIL import Image, ImageDraw, ImageFont
 
     width, height = picture.size
-    scale = max(1, min(-(-min_side // min(width, height)), max_side // max(width, height)))
-    size = (width * scale, height * scale)
-    base = np.asarray(picture.convert("RGB").resize(size, Image.NEAREST), dtype=np.float32) / 255
+    if max(width, height) > max_side:
+        size = tuple(max(1, round(side * max_side / max(width, height))) for side in (width, height))
+    else:
+        scale = max(1, min(-(-min_side // min(width, height)), max_side // max(width, height)))
+        size = (width * scale, height * scale)
+    base = picture.convert("RGB").resize(size, Image.NEAREST if size[0] >= width else Image.BILINEAR)
+    base = np.asarray(base, dtype=np.float32) / 255
     values = np.asarray(Image.fromarray(image.attributions.astype(np.float32), "F").resize(size, Image.BILINEAR))
-    top = float(values.max()) if values.size else 0.0
-    relative = np.clip(values / top, 0, 1) if top > 0 else np.zeros_like(values)
+    relative = relative_map(values)
     alpha = (0.15 + 0.5 * relative)[..., None]
     blended = base * (1 - alpha) + colormaps["jet"](relative)[..., :3] * alpha
     out = Image.fromarray((blended * 255).round().astype(np.uint8), "RGB")
@@ -214,4 +218,20 @@ def heatmap_png(picture, image: Explanation, min_side: int = 256, max_side: int 
     draw.text((4, size[1] - band + 4 - box[1]), label, fill=(255, 255, 255), font=font)
     buf = io.BytesIO()
     out.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def canvas_png(item, explanation: Explanation) -> bytes:
+    """A map over an item with a :class:`~xmcore.explain.Canvas` (not a picture) as a small figure: the
+    canvas under the heatmap (:func:`draw_map`), the method and score in the title."""
+    from xmcore.figures import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.0, 3.2))
+    draw_map(ax, item, explanation)
+    ax.set_title(f"{explanation.modality}: {explanation.method}, score {explanation.score:.3f}", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
     return buf.getvalue()

@@ -47,10 +47,11 @@ class QueryModel:
 
         from xmcore.recipe import load_recipe, validate
         from xmcore.registry import BuildContext
+        from xmcore.safeload import load_weights
 
         model_dir = Path(model_dir)
         recipe = validate(load_recipe(model_dir / "recipe.yaml", []), plugins)
-        state = torch.load(model_dir / "weights.pt", map_location="cpu", weights_only=True)
+        state = load_weights(model_dir / "weights.pt", "the index's model")
         encoders = torch.nn.ModuleDict()
         for modality in sorted({k.split(".")[1] for k in state if k.startswith("encoders.")}):
             section = recipe.encoders[modality]

@@ -16,6 +16,7 @@ from timm.data import create_transform, resolve_data_config
 
 from xmcore.components import Encoder, Preprocessor
 from xmcore.errors import XmcoreError
+from xmcore.safeload import load_weights
 
 
 class ImagePreprocessor(Preprocessor):
@@ -61,7 +62,7 @@ def load_weights_file(path: str) -> dict[str, torch.Tensor]:
 
         state = load_file(str(p))
     else:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        state = load_weights(p, "encoders.image.checkpoint", legacy_ok=True)
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
