@@ -127,6 +127,28 @@ def test_the_openapi_schema_documents_explain(client):
     assert {p["name"] for p in operation["parameters"]} == {"item", "text", "method", "format"}
 
 
+@pytest.mark.parametrize("size,drawn", [((2000, 1500), (1024, 768)), ((40, 30), (360, 270)), ((300, 300), (300, 300))])
+def test_the_png_keeps_the_proportions_within_256_to_1024_pixels(size, drawn):
+    from xmcore.explain import Explanation
+    from xmcore.explain.outputs import heatmap_png
+
+    values = np.zeros(size[::-1], dtype=np.float32)
+    values[: size[1] // 2, : size[0] // 2] = 1  # the top left quarter raises the score
+    png = Image.open(io.BytesIO(heatmap_png(Image.new("RGB", size, (200, 200, 200)), Explanation("image", 0.5, values, method="m"))))
+    assert png.size == drawn
+    tint = np.abs(np.asarray(png.convert("RGB"), dtype=float) - 200).sum(-1)  # how far from the plain picture
+    assert tint[drawn[1] // 8, drawn[0] // 8] > tint[drawn[1] // 2 + drawn[1] // 8, drawn[0] // 2 + drawn[0] // 8] + 100
+
+
+def test_a_map_over_a_canvas_is_drawn_as_a_figure():
+    from xmcore.explain import Canvas, Explanation
+    from xmcore.explain.outputs import canvas_png
+
+    values = np.random.default_rng(0).random((8, 20)).astype(np.float32)
+    explanation = Explanation("sound", 0.5, values, method="occlusion", canvas=Canvas(values, (0, 2, 0, 4), "s", "kHz"))
+    assert Image.open(io.BytesIO(canvas_png(None, explanation))).size[0] > 300
+
+
 @pytest.fixture(scope="module")
 def server(gallery_index):
     yield from _serve(gallery_index)

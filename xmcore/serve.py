@@ -123,9 +123,10 @@ class ExplainedWord(BaseModel):
 class ExplainedMap(BaseModel):
     shape: list[int]  # [rows, columns] of values: the item's map shrunk to at most EXPLAIN_GRID a side
     values: list[list[float]]  # rows top to bottom, > 0 where the item raises the score
-    size: list[int]  # the full map's [height, width]: a picture's pixels
+    size: list[int]  # the full map's [rows, columns]: a picture's [height, width] in pixels
     peak: list[float]  # [x, y] of the full map's maximum, in its pixels
     details: dict[str, Any]  # what the method says of itself (the layer Grad-CAM used...)
+    axes: dict[str, Any] | None  # a map over another item than a picture: its canvas's extent and axis labels
 
 
 class ExplainedMatch(BaseModel):
@@ -285,19 +286,30 @@ class Explainers:
                 "method": image.method,
                 "map": {"shape": list(grid.shape), "values": [[float(f"{v:.4g}") for v in row] for row in grid.tolist()],
                         "size": list(image.attributions.shape), "peak": list(peak(image.attributions)),
-                        "details": _plain(image.details)},
+                        "details": _plain(image.details), "axes": axes(image.canvas)},
                 "words_by": words.method if words else None,
                 "words": [{"word": w.text, "start": w.start, "end": w.end, "attribution": round(w.attribution, 6),
                            "read": w.read} for w in (words.words if words else [])],
                 "notes": result.notes}
 
     def png(self, result: Explained) -> bytes:
-        from xmcore.explain.outputs import heatmap_png
+        """A picture under its heatmap (:func:`heatmap_png`), another item as its canvas under the map."""
+        from xmcore.explain.outputs import canvas_png, heatmap_png
 
+        if result.image.canvas is not None:
+            return canvas_png(result.raw, result.image)
         if result.image.modality != "image":
-            raise ExplainRefused(422, f"format: png draws pictures, and '{result.item[:80]}' is a {result.image.modality} "
-                                      "item; ask for format=json")
+            raise ExplainRefused(422, f"format: png draws pictures and maps with a canvas, and '{result.item[:80]}' is a "
+                                      f"{result.image.modality} item without one; ask for format=json")
         return heatmap_png(result.raw, result.image)
+
+
+def axes(canvas) -> dict[str, Any] | None:
+    """Where a map with a canvas lies (not a picture's: that one is over its pixels, row 0 at the top)."""
+    if canvas is None:
+        return None
+    return {"extent": [float(v) for v in canvas.extent] if canvas.extent else None, "xlabel": canvas.xlabel,
+            "ylabel": canvas.ylabel, "first_row": "bottom"}
 
 
 def wants_png(accept: str) -> bool:
