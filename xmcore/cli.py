@@ -257,21 +257,20 @@ def cmd_evaluate(args) -> int:
         return _evaluate_run(args)
     if args.out is None:
         raise XmcoreError("evaluate --embeddings: --out DIR is required")
-    import yaml
     from pydantic import TypeAdapter, ValidationError
 
     from xmcore.errors import RecipeError
     from xmcore.evaluation import evaluate, load_embeddings_file, metrics_table
     from xmcore.io import atomic_write_text, write_json
     from xmcore.plugins import load_plugins
-    from xmcore.recipe import DEFAULT_METRICS, MetricSection, validate_component
+    from xmcore.recipe import DEFAULT_METRICS, MetricSection, read_yaml, validate_component
     from xmcore.registry import BuildContext
 
     plugins = load_plugins()
+    raw = read_yaml(args.metrics, "--metrics") if args.metrics else DEFAULT_METRICS
     try:
-        raw = yaml.safe_load(args.metrics) if args.metrics else DEFAULT_METRICS
         sections = TypeAdapter(list[MetricSection]).validate_python(raw)
-    except (yaml.YAMLError, ValidationError) as exc:
+    except ValidationError as exc:
         raise RecipeError([f"--metrics: expected a YAML list of {{name: ..., params}}: {str(exc).splitlines()[0]}"]) from None
     problems = [p for i, s in enumerate(sections) for p in validate_component(s, f"--metrics.{i}", plugins)]
     if problems:

@@ -345,29 +345,145 @@ class LoadedRecipe:
         return any(dotted == k or dotted.startswith(k + ".") for k in self.overridden)
 
 
+# A recipe is a few kilobytes of plain data.  These bounds refuse, quickly and with a message, what only a
+# generated or hostile file holds: a huge file, nesting that would exhaust the stack, and aliases of
+# aliases that expand a small file into billions of values ("billion laughs").
+MAX_RECIPE_BYTES = 1 << 20
+MAX_YAML_DEPTH = 64
+MAX_YAML_VALUES = 100_000
+MAX_INT_BITS = 256
+
+
+class YAMLRefused(yaml.MarkedYAMLError):
+    """Valid YAML that a recipe must not be: a duplicate key, or beyond one of the bounds above."""
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys (instead of keeping the last silently), bounds
+    nesting and the number of values aliases expand to, and turns a scalar it cannot read
+    (``2020-13-45``, ``!!int abc``, a 5,000-digit integer) into a YAML error instead of a crash."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+        self._extent: dict[yaml.Node, tuple[int, int]] = {}  # node -> (values, depth) once aliases are expanded
+
+    def compose_node(self, parent, index):
+        mark = self.peek_event().start_mark
+        if self.check_event(yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            if node not in self._extent:
+                raise YAMLRefused(None, None, "an alias inside the section it names (a structure that contains "
+                                  "itself); a recipe is plain data", mark)
+            return node
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            raise YAMLRefused(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", mark)
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else (
+            node.value if isinstance(node, yaml.SequenceNode) else [])
+        values = 1 + sum(self._extent[c][0] for c in children)
+        depth = 1 + max((self._extent[c][1] for c in children), default=0)
+        if values > MAX_YAML_VALUES:
+            raise YAMLRefused(None, None, f"with its aliases expanded this holds more than {MAX_YAML_VALUES:,} values "
+                              "(aliases of aliases?); a recipe is far smaller", node.start_mark)
+        if depth > MAX_YAML_DEPTH:
+            raise YAMLRefused(None, None, f"with its aliases expanded this is nested deeper than {MAX_YAML_DEPTH} "
+                              "levels", node.start_mark)
+        self._extent[node] = (values, depth)
+        return node
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+            # PyYAML's scalar constructors raise these for text their patterns let through
+            tag = node.tag.rpartition(":")[2] if node.tag.startswith("tag:yaml.org,2002:") else node.tag
+            raise YAMLRefused(None, None, f"cannot read {_clip(repr(node.value), 40)} as {tag}", node.start_mark) from None
+
+    def construct_yaml_int(self, node):
+        value = super().construct_yaml_int(node)
+        if value.bit_length() > MAX_INT_BITS:
+            raise YAMLRefused(None, None, f"an integer of {value.bit_length():,} bits; no setting takes one so large",
+                              node.start_mark)
+        return value
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` then a key of base: an override, as YAML means it
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:
+                    continue  # an unhashable key: SafeLoader's own message says so
+                if first is not key_node:
+                    (a, b), (c, d) = ((m.line + 1, m.column + 1) for m in (first.start_mark, key_node.start_mark))
+                    where = f"first on line {a}, again on line {c}" if a != c else f"twice on line {a}: columns {b} and {d}"
+                    raise YAMLRefused(None, None, f"duplicate key {_clip(repr(key), 60)} ({where}); the last would "
+                                      "silently win: keep one", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+RecipeLoader.add_constructor("tag:yaml.org,2002:int", RecipeLoader.construct_yaml_int)
+
+
+def read_yaml(text: str, source: str, plain_text_ok: bool = False) -> Any:
+    """``yaml.safe_load(text)`` with :class:`RecipeLoader`; a problem is a :class:`RecipeError` of one line.
+
+    ``plain_text_ok``: text that is not YAML at all comes back as the string it is (a ``key=value``
+    override's value), but refused YAML (a duplicate key, an alias bomb) is still an error."""
+    try:
+        return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 -- a SafeLoader
+    except YAMLRefused as exc:
+        mark = exc.problem_mark
+        raise _error([f"{source}: line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"]) from None
+    except yaml.YAMLError as exc:
+        if plain_text_ok:
+            return text
+        mark = getattr(exc, "problem_mark", None)
+        if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow (a NUL, a control code)
+            line = text.count("\n", 0, exc.position) + 1
+            column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+            where, problem = f" (line {line}, column {column})", (
+                f"character U+{exc.character:04X} is not allowed in YAML" if isinstance(exc.character, int)
+                else f"byte {exc.character!r} is not allowed in YAML")
+        else:
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            if "could not determine a constructor for the tag" in problem:
+                problem += "; a recipe is plain data: remove the tag"
+        raise _error([f"{source}: not valid YAML{where}: {problem}"]) from None
+
+
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> LoadedRecipe:
     source = str(path)
     p = Path(path)
     if p.is_dir():
         inside = sorted(q.name for q in p.iterdir() if q.suffix in (".yaml", ".yml") and q.is_file())
         hint = f"; it holds {', '.join(inside[:5])}{', ...' if len(inside) > 5 else ''}" if inside else ""
-        raise RecipeError([f"{source}: is a folder, not a recipe file; give a YAML file{hint}"
-                           f" (e.g. {Path(source) / (inside[0] if inside else 'recipe.yaml')})"])
+        raise _error([f"{source}: is a folder, not a recipe file; give a YAML file{hint}"
+                      f" (e.g. {Path(source) / (inside[0] if inside else 'recipe.yaml')})"])
     if not p.is_file():
-        raise RecipeError([f"{source}: no such recipe file (expected a YAML file, e.g. recipes/quickstart.yaml)"])
+        raise _error([f"{source}: no such recipe file (expected a YAML file, e.g. recipes/quickstart.yaml)"])
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RecipeError([f"{source}: not valid YAML{where}: {problem}"]) from None
-    except UnicodeDecodeError:
-        raise RecipeError([f"{source}: not a UTF-8 text file; expected a YAML recipe"]) from None
+        size = p.stat().st_size
+        if size > MAX_RECIPE_BYTES:
+            raise _error([f"{source}: {size:,} bytes, more than a recipe holds (at most {MAX_RECIPE_BYTES:,}); "
+                          "is this the recipe file?"])
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise _error([f"{source}: not a UTF-8 text file (byte {exc.start} is not UTF-8); expected a YAML recipe"]) from None
+    except OSError as exc:
+        raise _error([f"{source}: cannot read the recipe: {exc.strerror or exc}"]) from None
+    data = read_yaml(text, source)
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise RecipeError([f"{source}: expected a mapping of sections (data, encoders, fusion, ...), got {_kind(data)}"])
+        raise _error([f"{source}: expected a mapping of sections (data, encoders, fusion, ...), got {_kind(data)}"])
     data.setdefault("name", p.stem)
     loaded = LoadedRecipe(source, data, p.resolve().parent)
     apply_overrides(loaded, overrides)
@@ -383,9 +499,10 @@ def apply_overrides(loaded: LoadedRecipe, overrides: list[str]) -> None:
             problems.append(f"override '{item}': expected KEY=VALUE with a dotted key, e.g. fusion.name=linear")
             continue
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw  # not YAML: take it as the plain string it is
+            value = read_yaml(raw, f"override '{_clip(item)}'", plain_text_ok=True) if raw.strip() else ""
+        except RecipeError as exc:
+            problems += exc.problems
+            continue
         try:
             _set_dotted(loaded.data, key.split("."), value)
         except _OverrideError as exc:
@@ -395,7 +512,7 @@ def apply_overrides(loaded: LoadedRecipe, overrides: list[str]) -> None:
         if key.endswith(".name"):
             loaded.replaced_names.add(key.rpartition(".")[0])
     if problems:
-        raise RecipeError(problems)
+        raise _error(problems)
 
 
 class _OverrideError(Exception):
@@ -407,7 +524,7 @@ def _set_dotted(node: Any, parts: list[str], value: Any) -> None:
         last = i == len(parts) - 1
         where = ".".join(parts[: i + 1])
         if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
+            if not (part.isascii() and part.isdigit()) or int(part) >= len(node):
                 raise _OverrideError(f"'{where}': expected a list index below {len(node)}")
             if last:
                 node[int(part)] = value
@@ -429,7 +546,25 @@ def _kind(value: Any) -> str:
         return "null"
     return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer", float: "a number"}.get(
         type(value), type(value).__name__
-    ) + (f" ({value!r})" if isinstance(value, (str, int, float, bool)) else "")
+    ) + (f" ({_clip(repr(value))})" if isinstance(value, (str, int, float, bool)) else "")
+
+
+def _clip(text: str, width: int = 80) -> str:
+    return text if len(text) <= width else text[: width - 5] + "[...]"
+
+
+MAX_PROBLEMS = 20  # lines of one error; a generated recipe can have thousands of problems
+
+
+def _error(problems: list[str]) -> RecipeError:
+    """A :class:`RecipeError` whose every problem is one printable line, and at most :data:`MAX_PROBLEMS` of them.
+
+    Keys and values from the recipe go into the messages: a newline, a terminal escape or a lone
+    surrogate among them would break the line (or the terminal, or the encoding of stderr)."""
+    lines = ["".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in p) for p in problems]
+    if len(lines) > MAX_PROBLEMS:
+        lines = lines[: MAX_PROBLEMS - 1] + [f"... and {len(lines) - MAX_PROBLEMS + 1} more problems"]
+    return RecipeError(lines)
 
 
 # --------------------------------------------------------------------------- validation
@@ -444,7 +579,7 @@ def validate(loaded: LoadedRecipe, plugins) -> Recipe:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         problems += [_pydantic_problem(e) for e in exc.errors()]
-        raise RecipeError([f"{src}: {p}" for p in problems]) from None
+        raise _error([f"{src}: {p}" for p in problems]) from None
 
     for path, section in recipe.component_sections():
         problems += validate_component(section, path, plugins, loaded)
@@ -467,7 +602,7 @@ def validate(loaded: LoadedRecipe, plugins) -> Recipe:
         problems += [f"augment.{m}: {source}, not {m}" for m in recipe.augment if m not in provided
                      and not (recipe.data.modalities and m in recipe.data.component.modalities_for(recipe.data.params))]
     if problems:
-        raise RecipeError([f"{src}: {p}" for p in problems])
+        raise _error([f"{src}: {p}" for p in problems])
     return recipe
 
 
@@ -493,7 +628,8 @@ def validate_component(section: ComponentSection, path: str, plugins, loaded: Lo
         # the command line are never dropped: they stay errors.
         typed = {k.rpartition(".")[2] for k in loaded.overridden if k.rpartition(".")[0] == path}
         for key in sorted(set(extra) - declared - typed):
-            print(f"note: {path}.{key} dropped: not a parameter of {kind} '{section.name}'", file=sys.stderr, flush=True)
+            note = f"note: {path}.{key} dropped: not a parameter of {kind} '{section.name}'"
+            print(_error([note]).problems[0], file=sys.stderr, flush=True)
             del extra[key]
     try:
         section._params = component.params.model_validate(extra)
