@@ -191,6 +191,15 @@ def test_a_changed_index_file_is_refused_by_its_checksum(index_copy, member, cap
     assert f"1 files differ from the manifest ({member}); the index is damaged" in result.stderr
 
 
+def test_add_refuses_a_changed_faiss_index_before_extending_it(index_copy, trained_run, capfd):
+    flip_byte(index_copy / "faiss" / "image.index")
+    before = (index_copy / "manifest.json").read_bytes()
+    result = cli(capfd, "index", trained_run, "--out", index_copy, "--add", "--split", "val")
+    assert result.returncode == 2
+    assert "--add: " in result.stderr and "files differ from the manifest (faiss/image.index)" in result.stderr
+    assert (index_copy / "manifest.json").read_bytes() == before
+
+
 def test_an_index_model_carrying_code_is_refused_though_the_manifest_was_rewritten(index_copy, tmp_path, capfd):
     marker = tmp_path / "marker"
     weights = index_copy / "model" / "weights.pt"

@@ -122,6 +122,10 @@ def previous_index(out_dir: Path, checkpoint_sha: str, add: bool) -> dict[str, A
         if not add:
             raise XmcoreError(f"{out_dir} already holds an index; pass --add to add items to it, or choose another --out")
         previous = read_manifest(out_dir)
+        bad = verify(out_dir, previous, embeddings=False)  # the FAISS indexes an --add reads and extends
+        if bad:
+            raise XmcoreError(f"--add: {out_dir}: {len(bad)} files differ from the manifest ({', '.join(bad[:5])}); "
+                              "the index is damaged or was changed by hand: rebuild it with `xmcore index`")
         if previous["model"]["checkpoint_sha256"] != checkpoint_sha:
             raise XmcoreError(
                 f"{out_dir} was built with another checkpoint ({previous['model']['checkpoint']}); items added to it must "
