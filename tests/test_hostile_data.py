@@ -347,6 +347,8 @@ def test_a_tar_with_hostile_member_names_writes_nothing_and_skips_them(tmp_path)
     assert unsafe == ["../evil.png", "/tmp/abs-evil.png", "dir/../../up.png"]
     assert report["reasons"] == {"unsafe member name": 3, "unreadable image": 1, "image too large": 1,
                                  "sample without image": 1, "empty caption": 2, "no usable text": 1}
+    orphan = next(p["item"] for p in report["problems"] if p["reason"] == "sample without image")
+    assert orphan == f"{shards / 'train-000000.tar'}:linked"  # the symbolic link member: never followed
     assert tree(tmp_path) == before  # nothing unpacked, beside the shard or above it
     assert not (tmp_path.parent / "evil.png").exists() and not os.path.exists("/tmp/abs-evil.png")
 

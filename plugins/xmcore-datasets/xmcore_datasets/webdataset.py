@@ -89,7 +89,7 @@ def index_shard(shard: Path) -> list[dict]:
             except json.JSONDecodeError:
                 caption = None
             caption = caption if isinstance(caption, str) else None  # a number or list there: no caption
-        image = s.get("image")
+        image = s.get("image") or MissingImage(f"{shard}:{s['key']}")
         if "unsafe" in s:
             image = MissingImage(f"{shard}:{s['unsafe']}", "unsafe member name (absolute, or with '..': webdataset "
                                  "names members KEY.ext; rewrite the shard)")
@@ -103,10 +103,10 @@ def _unsafe(name: str) -> bool:
     return name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/")
 
 
-def _split(samples: list[dict], label_id: dict[str, int], shard_of: str) -> Split:
+def _split(samples: list[dict], label_id: dict[str, int]) -> Split:
     images, texts, labels = [], [], []
     for s in samples:
-        images.append(s["image"] if s["image"] is not None else MissingImage(f"{shard_of}:{s['key']}"))
+        images.append(s["image"])
         texts.append(s["caption"])
         labels.append(label_id.get(s["label"], -1))
     return Split(("image", "text"), {"image": images, "text": texts}, np.arange(len(samples)),
@@ -146,7 +146,7 @@ def read_webdataset(params, ctx) -> RetrievalData:
         source = ", ".join(p for p in patterns.values() if p)
     labels = sorted({s["label"] for part in samples.values() for s in part if s["label"] is not None})
     label_id = {name: i for i, name in enumerate(labels)}
-    splits = {name: _split(part, label_id, source) for name, part in samples.items() if part}
+    splits = {name: _split(part, label_id) for name, part in samples.items() if part}
     if not splits:
         raise XmcoreError(f"webdataset: no samples in {source}")
     return RetrievalData(splits, description=f"webdataset {source}", extras={"label_names": labels})
