@@ -94,7 +94,7 @@ def test_another_method_by_name(client, texts, method):
     ({"text": "a red circle"}, 422, ["item"]),
     ({"item": ITEM, "text": "a red circle", "method": "gradcm"}, 422, ["'gradcm'", "did you mean 'gradcam'", "occlusion"]),
     ({"item": ITEM, "text": "a red circle", "format": "gif"}, 422, ["format", "json or png"]),
-    ({"item": "text-0", "text": "a red circle"}, 422, ["'text-0' is a text item", "items of: image"]),
+    ({"item": "text-0", "text": "a red circle"}, 422, ["'text-0' is of the text modality", "explains here: image"]),
     ({"item": "../manifest.json", "text": "a red circle"}, 404, ["no item"]),
 ])
 def test_bad_requests_get_a_4xx_that_says_why(client, params, status, fragments):
@@ -102,6 +102,47 @@ def test_bad_requests_get_a_4xx_that_says_why(client, params, status, fragments)
     assert response.status_code == status, response.text
     detail = response.json()["detail"]
     assert isinstance(detail, str) and "\n" not in detail and all(f in detail for f in fragments), detail
+
+
+def test_without_an_explainer_for_pictures_the_answer_says_so(gallery_index, plugins, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from xmcore.index import SearchIndex
+    from xmcore.plugins import load_plugins
+    from xmcore.serve import create_app
+
+    monkeypatch.setenv("XMCORE_DISABLE_PLUGINS", "xmcore-explain")
+    client = TestClient(create_app(SearchIndex(gallery_index, plugins), load_plugins()))
+    response = client.get("/explain", params={"item": ITEM, "text": "a red circle"})
+    assert response.status_code == 422 and response.json()["detail"] == (
+        f"item '{ITEM}' is of the image modality, and no installed explainer maps image items against a text; the "
+        "modalities /explain explains here: none (install an explainer plugin, e.g. xmcore-explain)")
+
+
+def test_an_explanation_leaves_the_server_free(gallery_index, plugins, monkeypatch, texts):
+    """/explain runs in the threadpool, and its model is its own: /health and /search answer while it runs."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastapi.testclient import TestClient
+
+    from xmcore import serve
+    from xmcore.index import SearchIndex
+
+    running = serve.Explainers.run
+
+    def slow(self, *args):
+        time.sleep(2)
+        return running(self, *args)
+
+    monkeypatch.setattr(serve.Explainers, "run", slow)
+    with TestClient(serve.create_app(SearchIndex(gallery_index, plugins), plugins)) as client, ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(client.get, "/explain", params={"item": ITEM, "text": texts[1]})
+        time.sleep(0.5)
+        started = time.perf_counter()
+        assert client.get("/health").status_code == 200 and client.get("/search", params={"text": texts[1]}).status_code == 200
+        assert time.perf_counter() - started < 1 and not pending.done()
+        assert pending.result().status_code == 200
 
 
 def test_an_index_whose_stored_model_is_gone_says_so(gallery_index, plugins, tmp_path, texts):

@@ -206,9 +206,9 @@ class Explainers:
             raise ExplainRefused(422, f"this index's model reads no text (it has: {', '.join(self.index.model.encoders)}); "
                                       "/explain explains a match with a text")
         if modality not in self.explainable():
-            kinds = ", ".join(self.explainable()) or "none in this index"
-            raise ExplainRefused(422, f"item '{item_id[:80]}' is a {modality} item, and no installed explainer maps a "
-                                      f"{modality} item against a text; /explain explains items of: {kinds}")
+            kinds = ", ".join(self.explainable()) or "none (install an explainer plugin, e.g. xmcore-explain)"
+            raise ExplainRefused(422, f"item '{item_id[:80]}' is of the {modality} modality, and no installed explainer "
+                                      f"maps {modality} items against a text; the modalities /explain explains here: {kinds}")
 
     def candidates(self, modality: str, method: str | None) -> list[str]:
         names = self.methods(modality)
