@@ -308,6 +308,8 @@ def cmd_index(args) -> int:
                            nprobe=args.nprobe, refine=args.refine)
     manifest = build_index(args.run_dir, args.out, load_plugins(), overrides=args.data, splits=_csv(args.split),
                            modalities=_csv(args.modality), options=options, shard_size=args.shard_size, add=args.add)
+    if manifest is None:  # a process other than rank 0 of a build on several: rank 0 reports
+        return 0
     for modality, entry in manifest["modalities"].items():
         print(f"{modality}: {entry['count']} items, d={entry['dim']}, {entry['index']['type']} index")
     print("preprocessing (queries are read the same way):")

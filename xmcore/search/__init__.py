@@ -11,6 +11,8 @@ One file per part:
     folder.py       the index folder format: layout, manifest, checksums, verify, the resume state
     faiss_index.py  FAISS construction: index kinds and parameters, search-time parameters
     query.py        the stored model (export_model, QueryModel) and an index opened for searches (SearchIndex)
+    predict.py      embedding with Lightning's predict on one process or many (``trainer.devices=N
+                    trainer.strategy=ddp``): shards dealt out to the ranks, each rank writing its own
     build.py        build_index: the phases of ``xmcore index``
 """
 

@@ -7,6 +7,7 @@ and the FAISS index; store the model and write the manifest last (:func:`_finish
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,8 +16,8 @@ import numpy as np
 from xmcore.errors import XmcoreError
 from xmcore.io import file_sha256 as sha256
 from xmcore.search.faiss_index import IndexOptions, check_kind, new_faiss_index, read_faiss, train_sample, write_faiss
-from xmcore.search.folder import Build, previous_index, resume_state, write_manifest
-from xmcore.search.gallery import GalleryItem, embed_shards, gallery_items, metadata_lines, write_metadata
+from xmcore.search.folder import Build, metadata_part, previous_index, resume_state, write_manifest
+from xmcore.search.gallery import GalleryItem, embed_shards, gallery_items, metadata_lines, shard_plan, write_metadata
 from xmcore.search.query import export_model
 
 
@@ -31,11 +32,16 @@ def build_index(
     shard_size: int = 50_000,
     add: bool = False,
     batch_size: int | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Embed a gallery with a run's best checkpoint and write (or extend, with ``add``) an index folder;
-    returns its manifest."""
+    returns its manifest (``None`` in a process other than rank 0 of a build on several processes).
+
+    ``trainer.*`` overrides embed with Lightning's predict, on the processes they ask for
+    (:mod:`xmcore.search.predict`); without them, this process embeds in a plain loop."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    overrides, trainer_overrides = split_overrides(overrides)
     checkpoint, checkpoint_sha, previous, options = _check_command(run_dir, out_dir, options or IndexOptions(), add)
+    trainer_args = _trainer_arguments(run_dir, trainer_overrides, plugins)
     out_dir.mkdir(parents=True, exist_ok=True)
     recipe, module, data = _trained_model(run_dir, checkpoint, overrides, plugins)
     splits = list(splits or data.splits)
@@ -45,17 +51,64 @@ def build_index(
     # Files an --add rewrites get the next generation's name; the manifest switches to them last, so an
     # interrupted --add leaves the index it started from intact (and a rerun starts from that again).
     generation = previous.get("generation", 0) + 1 if previous else 0
-    build = Build(out_dir, previous, options, resume_state(out_dir, job, previous), f".g{generation}" if generation else "")
-    entries = dict(previous["modalities"]) if previous else {}
-    for modality in modalities:
-        items = gallery[modality]
-        shards = embed_shards(build, module, modality, items, shard_size, batch_size or recipe.eval.batch_size,
-                              recipe.data.num_workers)
+    build = Build(out_dir, previous, options, {}, f".g{generation}" if generation else "")
+    batch_size = batch_size or recipe.eval.batch_size
+    if trainer_args is None:
+        build.state = resume_state(out_dir, job, previous)
+        entries = _embed_here(build, gallery, module, shard_size, batch_size, recipe.data.num_workers)
+    else:
+        from xmcore.search.predict import embed_with_trainer
+
+        if not embed_with_trainer(build, job, gallery, module, trainer_args, shard_size, batch_size, recipe.data.num_workers):
+            return None  # another process: its shards are written, rank 0 finishes
+        entries = _assemble(build, gallery, shard_size)
+    source = {"splits": splits, "overrides": list(overrides)}
+    return _finish(build, run_dir, checkpoint, checkpoint_sha, recipe, module, source, entries)
+
+
+def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(data overrides, trainer.* overrides)``: the latter say how to embed, not what, so they stay out of
+    the recipe the index stores, of its manifest and of the job a rerun resumes (on any number of processes)."""
+    trainer = [o for o in overrides if o.partition("=")[0].strip().startswith("trainer.")]
+    return [o for o in overrides if o not in trainer], trainer
+
+
+def _trainer_arguments(run_dir: Path, trainer_overrides: list[str], plugins) -> dict[str, Any] | None:
+    if not trainer_overrides:
+        return None
+    from xmcore.search.predict import trainer_arguments
+
+    return trainer_arguments(run_dir, trainer_overrides, plugins)
+
+
+def _embed_here(build: Build, gallery: dict[str, list[GalleryItem]], module, shard_size: int, batch_size: int,
+                num_workers: int) -> dict[str, Any]:
+    """Each modality embedded in this process, its metadata and FAISS index written: the manifest's entries."""
+    entries = dict(build.previous["modalities"]) if build.previous else {}
+    for modality, items in gallery.items():
+        shards = embed_shards(build, module, modality, items, shard_size, batch_size, num_workers)
         metadata, media_types = write_metadata(build, modality, *metadata_lines(build, modality, items))
         entries[modality] = {**write_modality_index(build, modality, shards, len(items)), "metadata": metadata,
                              "media_types": media_types}
-    source = {"splits": splits, "overrides": list(overrides)}
-    return _finish(build, run_dir, checkpoint, checkpoint_sha, recipe, module, source, entries)
+    return entries
+
+
+def _assemble(build: Build, gallery: dict[str, list[GalleryItem]], shard_size: int) -> dict[str, Any]:
+    """The same from the shards and metadata parts that every process wrote (rank 0, once all are done)."""
+    entries = dict(build.previous["modalities"]) if build.previous else {}
+    for modality, items in gallery.items():
+        before = build.before(modality)
+        shards = list(before["shards"]) if before else []
+        parts, media_types = [], set()
+        for name, _, _ in shard_plan(build, modality, len(items), shard_size):
+            record = build.state["shards"][name]
+            shards.append({"file": name, "rows": record["rows"]})
+            parts.append((build.out_dir / metadata_part(name)).read_text())
+            media_types.update(record["media_types"])
+        metadata, media_types = write_metadata(build, modality, parts, media_types)
+        entries[modality] = {**write_modality_index(build, modality, shards, len(items)), "metadata": metadata,
+                             "media_types": media_types}
+    return entries
 
 
 def _check_command(run_dir: Path, out_dir: Path, options: IndexOptions, add: bool):
@@ -145,6 +198,7 @@ def _finish(build: Build, run_dir: Path, checkpoint: Path, checkpoint_sha: str, 
         export_model(module, recipe, out_dir / "model")
     manifest = write_manifest(build, run_dir, checkpoint, checkpoint_sha, recipe, module, source, entries)
     (out_dir / "building.json").unlink(missing_ok=True)
+    shutil.rmtree(out_dir / "building", ignore_errors=True)
     if previous:  # the files of the generation before, now that nothing points at them
         for modality in entries:
             for rel in (previous["modalities"][modality]["metadata"], previous["modalities"][modality]["index"]["file"]):

@@ -17,7 +17,8 @@ An index folder is self-contained::
     faiss/<m>.index          one FAISS index per modality, inner product on normalised vectors
 
 While a build runs, ``building.json`` records the job and each finished shard with its checksum, so that
-the same command run again keeps them.  An ``--add`` writes the files it changes under the next
+the same command run again keeps them; a build on several processes (:mod:`xmcore.search.predict`) keeps
+each process's records and metadata shards in ``building/`` until the manifest is written.  An ``--add`` writes the files it changes under the next
 generation's name (``metadata/<m>.g1.jsonl``) and switches the manifest to them last.
 """
 
@@ -40,7 +41,7 @@ from xmcore.media import item_file, servable_type
 from xmcore.search.faiss_index import IndexOptions
 
 FORMAT = 1
-BUILD_FOLDERS = ("embeddings", "metadata", "faiss", "media", "model")
+BUILD_FOLDERS = ("embeddings", "metadata", "faiss", "media", "model", "building")
 
 
 def read_manifest(index_dir: Path) -> dict[str, Any]:
@@ -141,14 +142,9 @@ def resume_state(out_dir: Path, job: dict[str, Any], previous: dict[str, Any] | 
     """``building.json`` of an interrupted build of this exact job (its shards are kept), or a fresh one;
     the folders of an interrupted build of another job are cleared."""
     state: dict[str, Any] = {"job": job, "shards": {}}
-    earlier = None
-    job_path = out_dir / "building.json"
-    if job_path.is_file():
-        try:
-            earlier = json.loads(job_path.read_text())
-        except json.JSONDecodeError:
-            earlier = None
+    earlier = _read_json(out_dir / "building.json")
     if earlier is not None and earlier.get("job") == json.loads(json.dumps(job)):
+        merge_rank_records(out_dir, earlier)
         print(f"resuming: {len(earlier['shards'])} shards already written", file=sys.stderr)
         return earlier
     if previous is None and any((out_dir / d).exists() for d in BUILD_FOLDERS):
@@ -156,6 +152,35 @@ def resume_state(out_dir: Path, job: dict[str, Any], previous: dict[str, Any] | 
         for folder in BUILD_FOLDERS:
             shutil.rmtree(out_dir / folder, ignore_errors=True)
     return state
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except json.JSONDecodeError:  # a file cut short: as if absent
+        return None
+
+
+def metadata_part(shard_file: str) -> str:
+    """Where a build on several processes keeps the metadata lines of an embeddings shard until rank 0 joins them."""
+    return f"building/metadata/{Path(shard_file).stem}.jsonl"
+
+
+def rank_records(out_dir: Path) -> list[Path]:
+    """The shard records of each process of a build on several processes (``building/rank-<r>.json``)."""
+    return sorted((out_dir / "building").glob("rank-*.json"))
+
+
+def merge_rank_records(out_dir: Path, state: dict[str, Any]) -> dict[str, int]:
+    """Adds to ``state`` (building.json) the shards each process recorded for the same job; the rows each
+    process recorded (``{"rank-00000": rows, ...}``)."""
+    rows = {}
+    for path in rank_records(out_dir):
+        record = _read_json(path)
+        if record is not None and record.get("job") == state["job"]:
+            state["shards"].update(record["shards"])
+            rows[path.stem] = sum(shard["rows"] for shard in record["shards"].values())
+    return rows
 
 
 def write_manifest(build: Build, run_dir: Path, checkpoint: Path, checkpoint_sha: str, recipe, module,
