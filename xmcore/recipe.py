@@ -348,7 +348,7 @@ class LoadedRecipe:
 # A recipe is a few kilobytes of plain data.  These bounds refuse, quickly and with a message, what only a
 # generated or hostile file holds: a huge file, nesting that would exhaust the stack, and aliases of
 # aliases that expand a small file into billions of values ("billion laughs").
-MAX_RECIPE_BYTES = 1 << 20
+MAX_RECIPE_BYTES = 128 << 10
 MAX_YAML_DEPTH = 64
 MAX_YAML_VALUES = 100_000
 MAX_INT_BITS = 256
@@ -367,6 +367,8 @@ class RecipeLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._depth = 0
         self._extent: dict[yaml.Node, tuple[int, int]] = {}  # node -> (values, depth) once aliases are expanded
+        self._values = 0  # in the document so far, aliases expanded: stops a bomb at its first level too large
+        self._aliases = False
 
     def compose_node(self, parent, index):
         mark = self.peek_event().start_mark
@@ -375,24 +377,31 @@ class RecipeLoader(yaml.SafeLoader):
             if node not in self._extent:
                 raise YAMLRefused(None, None, "an alias inside the section it names (a structure that contains "
                                   "itself); a recipe is plain data", mark)
+            self._aliases = True
+            self._count(self._extent[node][0], mark)
             return node
         self._depth += 1
         if self._depth > MAX_YAML_DEPTH:
             raise YAMLRefused(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", mark)
         node = super().compose_node(parent, index)
         self._depth -= 1
+        self._count(1, mark)
         children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else (
             node.value if isinstance(node, yaml.SequenceNode) else [])
         values = 1 + sum(self._extent[c][0] for c in children)
         depth = 1 + max((self._extent[c][1] for c in children), default=0)
-        if values > MAX_YAML_VALUES:
-            raise YAMLRefused(None, None, f"with its aliases expanded this holds more than {MAX_YAML_VALUES:,} values "
-                              "(aliases of aliases?); a recipe is far smaller", node.start_mark)
         if depth > MAX_YAML_DEPTH:
             raise YAMLRefused(None, None, f"with its aliases expanded this is nested deeper than {MAX_YAML_DEPTH} "
                               "levels", node.start_mark)
         self._extent[node] = (values, depth)
         return node
+
+    def _count(self, values: int, mark) -> None:
+        self._values += values
+        if self._values > MAX_YAML_VALUES:
+            raise YAMLRefused(None, None, f"more than {MAX_YAML_VALUES:,} values"
+                              + (" once its aliases are expanded (aliases of aliases?)" if self._aliases else "")
+                              + "; a recipe is far smaller", mark)
 
     def construct_object(self, node, deep=False):
         try:
