@@ -4,7 +4,7 @@ the fix (exit 2, no traceback).  Nothing outside the data folder is read, and no
 run folder: a symbolic link out of the data folder is refused, a tar member ``../evil.png`` is never unpacked.
 
 The files are real: truncated and empty PNG/JPEG, a PNG header claiming 100,000 x 100,000 pixels (a
-decompression bomb), text named .png, manifests with short rows, wrong separators, a byte-order mark and
+decompression bomb), text named .png, a file name that is not UTF-8, manifests with short rows, wrong separators, a byte-order mark and
 bytes that are not UTF-8, a Karpathy file of wrong types, tar shards with hostile member names.
 """
 
@@ -92,6 +92,7 @@ def hostile_folder(tmp_path):
     bad = root / "train" / "red"
     for name, (write, _) in HOSTILE_IMAGES.items():
         write(bad / name)
+    write_image(bad / os.fsdecode(b"name-\xff.png"), "red")  # a good picture under a name that is not UTF-8
     (bad / "link-private.png").symlink_to(outside / "private.png")
     (bad / "link-secret.png").symlink_to(outside / "secret.png")
     (bad / "link-dangling.png").symlink_to(tmp_path / "nowhere.png")
@@ -103,6 +104,7 @@ def hostile_folder(tmp_path):
 
 EXPECTED_FOLDER_PROBLEMS = {
     **{name: reason for name, (_, reason) in HOSTILE_IMAGES.items()},
+    os.fsdecode(b"name-\xff.png"): "file name is not UTF-8",  # no index metadata or report could hold it as text
     "link-private.png": "symbolic link out of the data folder",
     "link-secret.png": "symbolic link out of the data folder",
     "link-dangling.png": "missing file",

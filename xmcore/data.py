@@ -151,6 +151,17 @@ def outside_folder(path: Path, root: Path | None) -> str | None:
             "copy the file into the data folder)")
 
 
+def name_problem(path: Path) -> str | None:
+    """Why a file's name cannot be used, or ``None``: bytes that are not UTF-8 (Python holds them as lone
+    surrogates), which no JSON file -- an index's metadata, a report -- can hold as text."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        shown = os.fsencode(exc.object[exc.start:exc.end])
+        return f"file name is not UTF-8 (byte {', '.join(f'0x{b:02x}' for b in shown)} in {path.name!r}; rename the file)"
+    return None
+
+
 def image_problem(load: Callable[[], Any]) -> str | None:
     """Why an image cannot be used, or ``None``, after a full decode (so a truncated file is caught): too large
     (by its header, before decoding) or unreadable."""
@@ -181,7 +192,7 @@ class ImageFile(LazyItem):
         """Why the image cannot be used, or ``None``: missing, led out of the data folder, too large, unreadable."""
         if not self.path.is_file():
             return "missing file"
-        return outside_folder(self.path, self.root) or image_problem(self.load)
+        return name_problem(self.path) or outside_folder(self.path, self.root) or image_problem(self.load)
 
     def fingerprint(self) -> str:
         """What identifies the file's content for caches: path, size and modification time."""
