@@ -381,3 +381,14 @@ def test_a_bomb_stored_in_a_parquet_cell_is_skipped(tmp_path):
     cleaned, report = clean_split(data.splits["train"])
     assert cleaned.items["text"] == ["a red square"]
     assert report["reasons"]["image too large"] == 1 and report["skipped"]["image"] == 3
+
+
+@pytest.mark.parametrize("write, message", [
+    (lambda p: p.write_bytes(b""), "not a readable Parquet file"),
+    (lambda p: p.write_text("filepath,title\na.png,a red square\n"), "not a readable Parquet file"),
+    (lambda p: p.write_bytes(b"PAR1" + b"\0" * 64), "not a readable Parquet file"),
+])
+def test_a_broken_parquet_file_is_refused_naming_it(tmp_path, write, message):
+    write(tmp_path / "train.parquet")
+    with pytest.raises(XmcoreError, match=rf"train.parquet: {message}"):
+        build("hf", tmp_path, path="train.parquet")
