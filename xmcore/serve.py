@@ -181,6 +181,8 @@ class Explainers:
 
     def explainable(self) -> list[str]:
         """The gallery's modalities an installed explainer maps against a text (a text against a text: none)."""
+        if "text" not in self.index.model.encoders:
+            return []
         return [m for m in self.index.modalities if m != "text" and m in self.index.model.encoders and self.methods(m)]
 
     def explain(self, item_id: str, text: str, method: str | None = None) -> Explained:
@@ -335,6 +337,7 @@ def create_app(index, plugins=None):
     app = FastAPI(title="xmcore search", version="1", docs_url="/docs", redoc_url=None)
     app.add_middleware(BodyLimit, limit=MAX_UPLOAD_BYTES + 64 * 1024)  # the file plus the form's other fields
     lock = threading.Lock()  # one query through the model at a time
+    explainers = Explainers(index, plugins)  # /explain: a model of its own, loaded on the first call
     modalities, file_modalities = index.modalities, index.file_modalities
     expected = {"text": f"expected 1 to {MAX_QUERY_CHARS} characters", "k": f"expected a whole number from 1 to {MAX_K}",
                 "target": f"expected one of {', '.join(modalities)}",
@@ -384,7 +387,8 @@ def create_app(index, plugins=None):
     def page() -> str:
         uploads = [{"modality": m, "accept": upload_accept(index, m)} for m in file_modalities]
         return (PAGE.replace('"{{modalities}}"', json.dumps(modalities).replace("<", "\\u003c"))
-                .replace('"{{uploads}}"', json.dumps(uploads).replace("<", "\\u003c")))
+                .replace('"{{uploads}}"', json.dumps(uploads).replace("<", "\\u003c"))
+                .replace('"{{explainable}}"', json.dumps(explainers.explainable()).replace("<", "\\u003c")))
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -479,7 +483,6 @@ def create_app(index, plugins=None):
         path, kind = found
         return FileResponse(path, media_type=kind, headers={"X-Content-Type-Options": "nosniff"})
 
-    explainers = Explainers(index, plugins)
     refusals = {404: "no such item in this index", 409: "the index's stored model or the item's file is missing or damaged",
                 422: "bad input: an empty text, an unknown method, an item no installed explainer maps, format=png for an "
                      "item that is not a picture"}
@@ -584,6 +587,7 @@ PAGE = """<!doctype html>
   .id { color: #778; font-size: 12px; }
   .frame { position: relative; }
   .frame img.heat { position: absolute; inset: 0; height: 100%; image-rendering: auto; }
+  .frame img.heat.below { position: static; height: auto; aspect-ratio: auto; margin-top: 4px; }
   button.why { font-size: 12px; padding: 2px 8px; margin-top: 4px; background: #5b6475; }
   button.why[aria-pressed=true] { background: #2d6cdf; }
   .why-words { font-size: 13px; margin-top: 4px; }
@@ -605,6 +609,7 @@ PAGE = """<!doctype html>
 <script>
 const modalities = "{{modalities}}";
 const uploads = "{{uploads}}";  // [{modality, accept}]: the modalities whose files the index reads
+const explainable = "{{explainable}}";  // the modalities whose results /explain maps against words
 const target = document.getElementById("target");
 for (const m of modalities) {
   const o = document.createElement("option"); o.value = m; o.textContent = m === "image" ? "images" : m === "text" ? "captions" : m;
@@ -624,7 +629,7 @@ function show(data) {
     if (words) { const c = document.createElement("div"); c.className = "caption"; c.textContent = words; card.appendChild(c); }
     const id = document.createElement("div"); id.className = "id"; id.textContent = r.id + (r.label !== undefined ? "  label " + r.label : "");
     card.appendChild(id);
-    if (searched !== null && shown instanceof HTMLImageElement) card.appendChild(whyButton(card, r.id, searched));
+    if (searched !== null && shown && explainable.includes(r.modality)) card.appendChild(whyButton(card, r.id, searched));
     results.appendChild(card);
   }
   status.textContent = data.results.length + " results in " + data.query.target
@@ -653,9 +658,10 @@ function whyButton(card, id, text) {  // lays /explain's heatmap over the pictur
       const response = await fetch("/explain?" + params + "&format=json");
       const data = await response.json();
       if (!response.ok) throw new Error(typeof data.detail === "string" ? data.detail : response.statusText);
-      const heat = document.createElement("img"); heat.className = "heat";
+      const frame = card.querySelector(".frame"), heat = document.createElement("img");
+      heat.className = frame.firstChild instanceof HTMLImageElement ? "heat" : "heat below";  // over a picture, under a player
       heat.alt = "heatmap: " + data.method + ", score " + data.score.toFixed(3); heat.src = "/explain?" + params + "&format=png";
-      card.querySelector(".frame").appendChild(heat);
+      frame.appendChild(heat);
       card.insertBefore(wordsLine(text, data), button);
       button.setAttribute("aria-pressed", "true");
     } catch (e) {
