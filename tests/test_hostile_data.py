@@ -335,7 +335,7 @@ def write_hostile_shard(path, outside_link):
     return path
 
 
-def test_a_tar_with_hostile_member_names_writes_nothing_and_skips_them(tmp_path):
+def test_a_tar_with_hostile_member_names_writes_nothing_and_skips_them(tmp_path, capfd):
     shards = tmp_path / "shards"
     shards.mkdir()
     write_image(tmp_path / "outside.png", "yellow")
@@ -351,6 +351,14 @@ def test_a_tar_with_hostile_member_names_writes_nothing_and_skips_them(tmp_path)
                                  "sample without image": 1, "empty caption": 2, "no usable text": 1}
     orphan = next(p["item"] for p in report["problems"] if p["reason"] == "sample without image")
     assert orphan == f"{shards / 'train-000000.tar'}:linked"  # the symbolic link member: never followed
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text((ROOT / "recipes" / "quickstart.yaml").read_text())
+    shard = shards / "train-000000.tar"
+    result = cli(capfd, "data", "inspect", recipe, "data.name=webdataset", f"data.train={shard}", "data.val=null",
+                 f"data.test={shard}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "problems: 9 items skipped (3 unsafe member name," in result.stdout
+    recipe.unlink()
     assert tree(tmp_path) == before  # nothing unpacked, beside the shard or above it
     assert not (tmp_path.parent / "evil.png").exists() and not os.path.exists("/tmp/abs-evil.png")
 
