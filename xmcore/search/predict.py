@@ -158,6 +158,10 @@ class ShardWriter(BasePredictionWriter):
         self.shards = {(s.modality, s.lo): s for s in shards}
         self.parts: dict[str, list] = {}
         self.records: dict[str, dict[str, Any]] = {}
+        self.ready: float | None = None  # when every process has started and loaded its shards (rank 0 says)
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self.ready = time.perf_counter()
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         index, embeddings = prediction
@@ -200,7 +204,8 @@ def embed_with_trainer(build: Build, job: dict[str, Any], gallery: dict[str, lis
     """Every shard of this build embedded and written by the processes ``trainer_args`` ask for; ``True`` in
     rank 0 (``build.state`` then records every shard), ``False`` in the others, whose work is done."""
     shards = all_shards(build, gallery, shard_size)
-    callbacks = [ShardWriter(build, job, gallery, shards, shard_size)]
+    writer = ShardWriter(build, job, gallery, shards, shard_size)
+    callbacks = [writer]
     trainer_args = dict(trainer_args)
     if trainer_args.pop("enable_progress_bar", None) is not False:
         callbacks.append(EmbeddingProgress())
@@ -217,17 +222,22 @@ def embed_with_trainer(build: Build, job: dict[str, Any], gallery: dict[str, lis
         trainer.predict(GalleryEmbedder(module, list(gallery)), return_predictions=False,
                         datamodule=GalleryShards(build, job, gallery, shards, preprocessors, batch_size, num_workers))
     trainer.strategy.barrier("xmcore index: every shard written")
-    seconds = time.perf_counter() - started
     if trainer.global_rank != 0:
         return False
+    _report(build, shards, trainer.world_size, started, writer.ready)
+    return True
+
+
+def _report(build: Build, shards: list[Shard], world_size: int, started: float, ready: float | None) -> None:
+    """Rank 0, once all are done: every shard recorded (``build.state``), and the pace said on stderr."""
+    end = time.perf_counter()
     per_rank = merge_rank_records(build.out_dir, build.state)
-    embedded = sum(per_rank.values())
     missing = [s.file for s in shards if not shard_done(build, s)]
     if missing:
         raise XmcoreError(f"{build.out_dir}: {len(missing)} shards were not written ({', '.join(missing[:3])}); "
                           "run the same command again to embed them")
-    # from the predict call to the last shard written: the other processes' start-up included
+    embedded, ready = sum(per_rank.values()), ready or started  # rank 0 with nothing to embed is never "ready"
     shares = " + ".join(map(str, per_rank.values())) or "0"
-    print(f"embedded {embedded} items on {trainer.world_size} processes in {seconds:.1f} s "
-          f"({embedded / seconds:.1f} items/s; per process: {shares})", file=sys.stderr)
-    return True
+    print(f"embedded {embedded} items on {world_size} processes in {end - ready:.1f} s "
+          f"({embedded / max(end - ready, 1e-9):.1f} items/s; per process: {shares}), after {ready - started:.1f} s "
+          "starting the processes", file=sys.stderr)
