@@ -299,7 +299,8 @@ class Explainers:
         from xmcore.explain.outputs import canvas_png, heatmap_png
 
         if result.image.canvas is not None:
-            return canvas_png(result.raw, result.image)
+            with self._lock:  # pyplot's state is one per process
+                return canvas_png(result.raw, result.image)
         if result.image.modality != "image":
             raise ExplainRefused(422, f"format: png draws pictures and maps with a canvas, and '{result.item[:80]}' is a "
                                       f"{result.image.modality} item without one; ask for format=json")
