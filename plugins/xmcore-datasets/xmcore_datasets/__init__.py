@@ -53,7 +53,8 @@ PAIR_COLUMNS = {"image_column": "image", "audio_column": "audio", "caption_colum
 
 
 class ManifestParams(xmcore.Params):
-    path: xmcore.RecipePath = Field(description="the manifest file; relative to the recipe; file paths in it are relative to it")
+    path: xmcore.RecipePath = Field(description="the manifest file; relative to the recipe; file paths in it are relative to it (a symbolic "
+                                "link in its folder may not lead out of it; absolute paths are read as written)")
     image_column: str | None = Field("filepath", description="column with the image path (open_clip's default); null: no images")
     audio_column: str | None = Field(
         None,
@@ -103,12 +104,12 @@ class CSVParams(ManifestParams):
 
 class KarpathyParams(xmcore.Params):
     annotations: xmcore.RecipePath = Field(description="dataset_flickr30k.json / dataset_coco.json / dataset_flickr8k.json")
-    image_root: xmcore.RecipePath = Field(description="folder the images' [filepath/]filename resolve against")
+    image_root: xmcore.RecipePath = Field(description="folder the images' [filepath/]filename resolve against (and may not lead out of, by '..' or a symbolic link)")
     restval_to_train: bool = Field(True, description="train on the 'restval' images too (the usual COCO practice)")
 
 
 class ImageFolderParams(xmcore.Params):
-    root: xmcore.RecipePath = Field(description="ROOT/<class>/<image>, or ROOT/<split>/<class>/<image> with train/val/test")
+    root: xmcore.RecipePath = Field(description="ROOT/<class>/<image>, or ROOT/<split>/<class>/<image> with train/val/test (a symbolic link may not lead out of ROOT)")
     templates: list[str] = Field(["a photo of a {label}"], min_length=1, description="caption templates; {label} is the class")
     split_ratios: Ratios = Field((0.8, 0.1, 0.1), description=RATIOS_HELP)
     seed: int = Field(0, description="seed of the split when the folders have none")
