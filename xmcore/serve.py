@@ -331,7 +331,7 @@ def create_app(index, plugins=None):
     methods; default: the installed ones, loaded on the first /explain call)."""
     from fastapi import FastAPI, HTTPException, Query, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
     from starlette.concurrency import run_in_threadpool
     from starlette.datastructures import UploadFile
 
@@ -484,15 +484,26 @@ def create_app(index, plugins=None):
         path, kind = found
         return FileResponse(path, media_type=kind, headers={"X-Content-Type-Options": "nosniff"})
 
+    explain_route(app, explainers)
+
+    return app
+
+
+def explain_route(app, explainers: Explainers) -> None:
+    """``GET /explain`` on ``app``: the route, its parameters and the responses the OpenAPI schema declares."""
+    from fastapi import HTTPException, Query, Request
+    from fastapi.responses import Response
+
     refusals = {404: "no such item in this index", 409: "the index's stored model or the item's file is missing or damaged",
-                422: "bad input: an empty text, an unknown method, an item no installed explainer maps, format=png for an "
-                     "item that is not a picture"}
+                422: "bad input: an empty or missing text, an unknown method, an item of a modality no installed explainer "
+                     "maps (a text), format=png for a map that is neither over a picture nor on a canvas"}
 
     @app.get("/explain", response_model=ExplainedMatch, responses={
         200: {"description": "JSON (the default; `Accept: application/json`), or with `format=png` (or an Accept header "
                              "that names image/png or image/* before application/json) the picture under its heatmap, "
                              "enlarged by a whole factor to at least 256 pixels on its shorter side (at most 1024 on its "
-                             "longer), its proportions kept, method and score along its foot",
+                             "longer; a longer picture shrunk to 1024), its proportions kept, method and score along "
+                             "its foot; a map over another item (a sound) as a figure of what the model read under the map",
               "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
         **{status: {"model": Detail, "description": why} for status, why in refusals.items()}})
     def explain_match(
@@ -514,8 +525,6 @@ def create_app(index, plugins=None):
         except ExplainRefused as exc:
             raise HTTPException(exc.status, str(exc)) from None
         return explainers.record(result)
-
-    return app
 
 
 class AddressError(XmcoreError):
