@@ -13,7 +13,8 @@ instead of encoding again.  An entry's key hashes everything the features depend
 An entry is a folder of safetensors shards plus ``meta.json``, written last and
 atomically, holding each shard's sha256.  A folder without a valid ``meta.json``, or
 whose shards do not match it, is an interrupted or corrupted write: it is deleted and
-rebuilt, never half-used.
+rebuilt, never half-used.  An entry is written in a folder ``<key>.partial-<pid>`` renamed
+into place when whole; one a killed writer left is removed by the next write of its key.
 
 The folder is ``cache.dir`` in the recipe (relative to the recipe's folder, or to the working
 directory when typed on the command line), else ``$XMCORE_CACHE_DIR``, else
@@ -115,6 +116,7 @@ def write_entry(folder: Path, features: torch.Tensor, described: dict[str, Any])
     from safetensors.torch import save_file
 
     partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
+    remove_abandoned(folder)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     shards = []
@@ -126,6 +128,27 @@ def write_entry(folder: Path, features: torch.Tensor, described: dict[str, Any])
     write_json(partial / "meta.json", meta)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(partial, folder)  # the entry appears whole, or not at all
+
+
+def remove_abandoned(folder: Path) -> None:
+    """Remove the partial folders (``<key>.partial-<pid>``) of an entry whose writers are gone: a process
+    killed while writing leaves one, never renamed into place.  Another live process's is left alone."""
+    for partial in folder.parent.glob(f"{folder.name}.partial-*"):
+        pid = partial.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own earlier attempt: write_entry starts it afresh
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
 
 
 def cached_features(
@@ -149,7 +172,7 @@ def list_entries(root: Path) -> list[dict[str, Any]]:
         return out
     for folder in sorted(root.iterdir()):
         meta_path = folder / "meta.json"
-        if not meta_path.is_file():
+        if ".partial-" in folder.name or not meta_path.is_file():  # a write under way, or abandoned
             continue
         try:
             meta = json.loads(meta_path.read_text())

@@ -1,15 +1,25 @@
-"""In-loop retrieval validation: the evaluator's metrics on the validation split, during training.
+"""Callbacks and plugins of ``xmcore run``'s Trainer.
 
-Checkpoint selection can then use what retrieval is judged by (``rsum`` by default)
-rather than the loss, which tracks it only loosely.
+* In-loop retrieval validation: the evaluator's metrics on the validation split, during training, so
+  that checkpoint selection can use what retrieval is judged by (``rsum`` by default) rather than the
+  loss, which tracks it only loosely.
+* What makes a killed run resume exactly and never leave a half-written checkpoint: the global
+  generators' states in every checkpoint (:class:`ExactResume`), and checkpoints written to a
+  temporary name beside their target, then renamed over it (:class:`AtomicCheckpointIO`).
 """
 
 from __future__ import annotations
 
+import os
+import random
+import tempfile
+from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from xmcore.evaluation import compute_metrics, evaluate, rank_directions
 
@@ -51,6 +61,109 @@ class EndOnMaxSteps(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if 0 < trainer.max_steps <= trainer.global_step:
             trainer.should_stop = True
+
+
+class ExactResume(pl.Callback):
+    """What a resumed run needs, besides Lightning's own state, to continue exactly where it stopped.
+
+    * The global generators' states (Python's, numpy's, torch's CPU and CUDA) go into each checkpoint and
+      are set again when the resumed run starts training, so dropout and everything else the model draws
+      continues the stream it was drawing.  (The training data draws from generators of its own:
+      :mod:`xmcore.datamodule`.)  Set at ``on_train_start``, after the sanity validation a resumed run
+      does again, so nothing drawn in between counts.
+    * The training loader's position in a mid-epoch checkpoint: Lightning saves it (the loader is
+      stateful) but loads it only if it has not built the loader yet -- and ``estimated_stepping_batches``
+      (the learning-rate schedule's length) builds it before the checkpoint's loops are restored.  So it
+      is handed to the loader here, on the same condition Lightning's own would be (the fit loop restarts
+      in mid-epoch).
+    """
+
+    KEY = "xmcore_generators"
+
+    def __init__(self):
+        self._pending: dict[str, Any] | None = None
+        self._loader_states: list = []
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, module: pl.LightningModule, checkpoint: dict) -> None:
+        np_state = np.random.get_state(legacy=False)
+        checkpoint[self.KEY] = {
+            "python": random.getstate(),
+            "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                      "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                      "gauss": float(np_state["gauss"])},
+            "torch": torch.random.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, module: pl.LightningModule, checkpoint: dict) -> None:
+        self._pending = checkpoint.get(self.KEY)
+        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        self._loader_states = fit_loop.get("state_dict", {}).get("combined_loader", [])
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        loader_states, self._loader_states = self._loader_states, []
+        if loader_states and trainer.fit_loop.restarting:
+            loaders = trainer.train_dataloader
+            loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+            stateful = [dl for dl in loaders if hasattr(dl, "load_state_dict") and hasattr(dl, "state_dict")]
+            for loader, state in zip(stateful, loader_states):
+                loader.load_state_dict(state)
+        self._set_generators()
+
+    def _set_generators(self) -> None:
+        states, self._pending = self._pending, None
+        if not states:
+            return
+        version, internal, gauss = states["python"]
+        random.setstate((version, tuple(internal), gauss))
+        numpy = states["numpy"]
+        np.random.set_state({"bit_generator": "MT19937", "state": {"key": numpy["key"].numpy().astype(np.uint32),
+                             "pos": numpy["pos"]}, "has_gauss": numpy["has_gauss"], "gauss": numpy["gauss"]})
+        torch.random.set_rng_state(states["torch"])
+        if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write a checkpoint to a temporary file beside its target, flush it to disk, then rename it over
+    the target: a checkpoint is whole or absent, even when the process is killed while saving.
+
+    (Lightning's own save goes through an fsspec transaction, which writes the temporary file in the
+    system's temporary folder and *moves* it -- a copy, not a rename, when that folder is on another
+    file system -- and leaves it behind when killed.)  Remote paths (``s3://`` ...) keep Lightning's way.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if "://" in str(path) or storage_options is not None:
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save(checkpoint, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where the platform allows opening a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @torch.no_grad()

@@ -241,6 +241,19 @@ class CacheSection(_Section):
     dir: RecipePath | None = Field(None, description="cache folder; default $XMCORE_CACHE_DIR, else ~/.cache/xmcore/features")
 
 
+class CheckpointSection(_Section):
+    """When ``xmcore run`` writes checkpoints/last.ckpt besides at each validation (Lightning's ModelCheckpoint)."""
+
+    every_n_steps: int | None = Field(
+        None, gt=0, description="also write checkpoints/last.ckpt every N optimizer steps, so that a run killed in "
+        "mid-epoch resumes (--resume) from there; Lightning's every_n_train_steps; default: at validations only",
+    )
+    every_minutes: float | None = Field(
+        None, gt=0, description="also write checkpoints/last.ckpt every M minutes of training (at the end of a "
+        "step); Lightning's train_time_interval; default: at validations only",
+    )
+
+
 class LoggerSection(_Section):
     """One of Lightning's loggers, by name (see :mod:`xmcore.loggers`)."""
 
@@ -279,6 +292,7 @@ class Recipe(_Section):
     trainer: TrainerSection = Field(default_factory=TrainerSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     cache: CacheSection = Field(default_factory=CacheSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     logger: list[LoggerSection] = Field(
         default_factory=lambda: [LoggerSection(name="csv")],
         description="where training logs, the resolved recipe and the final metrics go: a name (tensorboard), a "

@@ -29,7 +29,7 @@ import numpy as np
 
 from xmcore.errors import RunError, XmcoreError
 from xmcore.evaluation import NonFiniteEmbeddings, evaluate, evaluate_folds, metrics_table
-from xmcore.io import atomic_write_text, write_json, write_yaml
+from xmcore.io import atomic_write_bytes, atomic_write_text, write_json, write_yaml
 from xmcore.plugins import Plugins
 from xmcore.recipe import Recipe
 from xmcore.registry import BuildContext
@@ -247,16 +247,24 @@ def default_run_dir(recipe: Recipe) -> Path:
 def prepare_run_dir(run_dir: Path, resume: bool, resolved: dict[str, Any]) -> Path | None:
     """Create (or check) the run directory; return the checkpoint to resume from, if any.
 
-    A directory without checkpoints (a run that failed before training) may be
-    reused; one with checkpoints only with ``--resume``, and then only with the
-    same recipe apart from its ``trainer`` section.
+    A directory without checkpoints (a run that failed, or was killed, before its first checkpoint)
+    may be reused; one with checkpoints only with ``--resume``, and then only with the same recipe
+    apart from its ``trainer``, ``logger`` and ``checkpoint`` sections.  ``--resume`` on a directory
+    without a checkpoint starts the run from the beginning.
     """
     last = run_dir / "checkpoints" / "last.ckpt"
     try:
+        remove_partial_files(run_dir)
         if resume:
+            if (run_dir / "recipe.yaml").is_file():
+                _check_same_recipe(run_dir / "recipe.yaml", resolved)
             if not last.is_file():
-                raise XmcoreError(f"--resume: {last} does not exist; nothing to resume (run without --resume to start)")
-            _check_same_recipe(run_dir / "recipe.yaml", resolved)
+                # (a best.ckpt without last.ckpt: killed between the two saves of the first validation)
+                print(f"note: --resume: there is no {last} yet (the run stopped before its first checkpoint); "
+                      "starting the run from the beginning", file=sys.stderr, flush=True)
+                _keep_previous_log(run_dir / "logs" / "metrics.csv")
+                run_dir.mkdir(parents=True, exist_ok=True)
+                return None
             _keep_previous_log(run_dir / "logs" / "metrics.csv")
             return last
         if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
@@ -270,6 +278,21 @@ def prepare_run_dir(run_dir: Path, resume: bool, resolved: dict[str, Any]) -> Pa
     return None
 
 
+def remove_partial_files(run_dir: Path) -> None:
+    """Remove what a killed process left half-written in a run directory: the temporary files of
+    :mod:`xmcore.io` and of checkpoint saves (``.<name>.<random>.tmp``), never renamed over their target."""
+    if not run_dir.is_dir():
+        return
+    for folder in (run_dir, run_dir / "checkpoints"):
+        if folder.is_dir():
+            for tmp in folder.glob(".*.tmp"):
+                if tmp.is_file():
+                    tmp.unlink()
+
+
+RESUMABLE_CHANGES = ("trainer", "logger", "checkpoint")  # recipe sections a resumed run may change
+
+
 def _check_same_recipe(path: Path, resolved: dict[str, Any]) -> None:
     import yaml
 
@@ -277,21 +300,26 @@ def _check_same_recipe(path: Path, resolved: dict[str, Any]) -> None:
         raise XmcoreError(f"--resume: {path} is missing; cannot tell which recipe the run was trained with")
     stored = yaml.safe_load(path.read_text(encoding="utf-8"))
     changed = sorted(
-        key for key in set(stored) | set(resolved) if key not in ("trainer", "logger") and stored.get(key) != resolved.get(key)
+        key for key in set(stored) | set(resolved)
+        if key not in RESUMABLE_CHANGES and stored.get(key) != resolved.get(key)
     )
     if changed:
         raise XmcoreError(
             f"--resume: the recipe differs from the run's {path} in: {', '.join(changed)}; "
-            "only trainer.* and logger may change when resuming (start a new run for anything else)"
+            "only trainer.*, logger and checkpoint.* may change when resuming (start a new run for anything else)"
         )
 
 
 def _keep_previous_log(csv: Path) -> None:
-    """Lightning's CSV logger starts its file afresh: keep the log of the earlier part of the run beside it."""
+    """Lightning's CSV logger starts its file afresh: keep the log of the earlier part of the run beside it,
+    less a last row cut short by a kill."""
     if csv.is_file():
         n = 1
         while (kept := csv.with_name(f"metrics.part{n}.csv")).exists():
             n += 1
+        text = csv.read_bytes()
+        if text and not text.endswith(b"\n"):
+            atomic_write_bytes(csv, text[: text.rfind(b"\n") + 1])
         csv.rename(kept)
 
 
@@ -445,7 +473,7 @@ def build_trainer(recipe: Recipe, built: Built, datamodule, run_dir: Path, extra
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    from xmcore.callbacks import EndOnMaxSteps
+    from xmcore.callbacks import AtomicCheckpointIO, EndOnMaxSteps, ExactResume
     from xmcore.loggers import build_loggers
 
     callbacks, monitor, mode = _validation_callbacks(recipe, built, datamodule)
@@ -464,12 +492,28 @@ def build_trainer(recipe: Recipe, built: Built, datamodule, run_dir: Path, extra
             **trainer_args,
             default_root_dir=run_dir,
             logger=build_loggers(recipe, run_dir) if loggers is None else loggers,
-            callbacks=[*callbacks, *extra_callbacks, checkpoint, LearningRateMonitor(logging_interval="step"),
-                       EndOnMaxSteps()],
+            callbacks=[*callbacks, *extra_callbacks, checkpoint, *interval_checkpoints(recipe, run_dir),
+                       LearningRateMonitor(logging_interval="step"), EndOnMaxSteps(), ExactResume()],
+            plugins=[AtomicCheckpointIO()],
         )
     except (ValueError, TypeError, RuntimeError, ImportError) as exc:  # MisconfigurationException is a ValueError
         raise XmcoreError(f"trainer: Lightning refused the trainer section: {exc}") from None
     return trainer, checkpoint
+
+
+def interval_checkpoints(recipe: Recipe, run_dir: Path) -> list:
+    """``checkpoint.every_n_steps`` / ``checkpoint.every_minutes``: Lightning's ModelCheckpoint writing
+    checkpoints/last.ckpt every N optimizer steps or every M minutes of training (on a step's end), so a
+    run killed in mid-epoch resumes from there rather than from the last epoch's end."""
+    from datetime import timedelta
+
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    every = [{"every_n_train_steps": recipe.checkpoint.every_n_steps}] if recipe.checkpoint.every_n_steps else []
+    if recipe.checkpoint.every_minutes:
+        every.append({"train_time_interval": timedelta(minutes=recipe.checkpoint.every_minutes)})
+    return [ModelCheckpoint(dirpath=run_dir / "checkpoints", save_top_k=0, save_last=True, enable_version_counter=False,
+                            **when) for when in every]
 
 
 def train_and_evaluate(

@@ -1,0 +1,196 @@
+"""Killed and resumed, nothing lost: a run killed with SIGKILL in mid-epoch and resumed ends exactly as an
+uninterrupted run; checkpoints on a step interval; --resume before any checkpoint starts afresh; nothing
+half-written is left in a run directory or the feature cache.  (bench/kill_resume.py: many kill points.)"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, cli
+from xmcore.testing import offline_env, tiny_overrides
+
+QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
+STEPS_PER_EPOCH = 5  # data.train=8: 8 pictures x 5 captions = 40 pairs, batches of 8
+
+
+def small(plugins, *extra):
+    """The quickstart at tiny size, two whole epochs of 5 steps (no batch limit), a checkpoint every step."""
+    tiny = [o for o in tiny_overrides(QUICKSTART, plugins) if not o.startswith(("trainer.limit_train_batches",
+                                                                                "trainer.max_epochs", "data.train="))]
+    return [QUICKSTART, *tiny, "data.train=8", "trainer.max_epochs=2", "checkpoint.every_n_steps=1", *extra]
+
+
+def xmcore_process(*args):
+    return subprocess.Popen([sys.executable, "-m", "xmcore", *map(str, args)], env=offline_env({"OMP_NUM_THREADS": "1"}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finished(proc):
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    return err
+
+
+def step_of(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
+
+
+def test_a_run_killed_in_mid_epoch_resumes_to_the_uninterrupted_metrics(plugins, tmp_path):
+    args = small(plugins)
+    reference = xmcore_process("run", *args, "--out", tmp_path / "whole")
+    killed = xmcore_process("run", *args, "--out", tmp_path / "killed")
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    seen, stamp = 0, None
+    while killed.poll() is None and seen < 3:  # the third save: step 3, inside the first epoch
+        try:
+            now = last.stat().st_mtime_ns
+        except FileNotFoundError:
+            now = None
+        if now is not None and now != stamp:
+            seen, stamp = seen + 1, now
+        time.sleep(0.002)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.communicate()
+    assert killed.returncode == -signal.SIGKILL, "the run ended before it was killed"
+    at = step_of(last)
+    assert 0 < at < 2 * STEPS_PER_EPOCH and not (tmp_path / "killed" / "metrics.json").exists()
+
+    finished(xmcore_process("run", *args, "--out", tmp_path / "killed", "--resume"))
+    finished(reference)
+    ours = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    theirs = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    assert ours.keys() == theirs.keys()
+    assert all(abs(ours[k] - theirs[k]) <= 1e-6 for k in ours), (at, ours, theirs)
+    # the same steps in the same order: the resumed part's logged losses are the uninterrupted run's
+    assert step_of(last) == step_of(tmp_path / "whole" / "checkpoints" / "last.ckpt") == 2 * STEPS_PER_EPOCH
+    assert not [p for p in (tmp_path / "killed").rglob(".*.tmp")]
+
+
+def test_resume_without_a_checkpoint_starts_from_the_beginning(plugins, tmp_path, capfd):
+    args = small(plugins, "trainer.max_epochs=1", "checkpoint.every_n_steps=null")
+    fresh = cli(capfd, "run", *args, "--out", tmp_path / "fresh")
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+
+    run_dir = tmp_path / "killed"  # what a run killed before its first checkpoint leaves
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / ".last.ckpt.k1ll3d.tmp").write_bytes(b"PK\x03\x04 half a checkpoint")
+    (run_dir / "recipe.yaml").write_text((tmp_path / "fresh" / "recipe.yaml").read_text())
+    (run_dir / "logs").mkdir()
+    (run_dir / "logs" / "metrics.csv").write_text("epoch,step,train/loss\n0,0,4.1\n0,1,4.")  # a row cut short
+    resumed = cli(capfd, "run", *args, "--out", run_dir, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "starting the run from the beginning" in resumed.stderr
+    assert (run_dir / "metrics.json").read_bytes() == (tmp_path / "fresh" / "metrics.json").read_bytes()
+    assert not (run_dir / "checkpoints" / ".last.ckpt.k1ll3d.tmp").exists()
+    assert (run_dir / "logs" / "metrics.part1.csv").read_text() == "epoch,step,train/loss\n0,0,4.1\n"
+
+    nowhere = cli(capfd, "run", *args, "--out", tmp_path / "never-started", "--resume")
+    assert nowhere.returncode == 0 and "starting the run from the beginning" in nowhere.stderr
+
+
+def test_a_checkpoint_interval_writes_before_the_first_epoch_ends(plugins, tmp_path):
+    import pytorch_lightning as pl
+
+    from xmcore.recipe import load_recipe, validate
+    from xmcore.run import assemble, build_trainer
+
+    seen = {}
+
+    class Look(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+            if trainer.current_epoch == 0 and batch_idx == STEPS_PER_EPOCH - 1:  # the first epoch's last step
+                seen["step"] = step_of(last) if last.is_file() else None
+
+    loaded = load_recipe(QUICKSTART, [str(a) for a in small(plugins, "trainer.max_epochs=1", "checkpoint.every_n_steps=2")[1:]])
+    recipe = validate(loaded, plugins)
+    built, module, datamodule = assemble(recipe, loaded.base_dir, tmp_path / "run")
+    trainer, _ = build_trainer(recipe, built, datamodule, tmp_path / "run", extra_callbacks=(Look(),))
+    trainer.fit(module, datamodule=datamodule)
+    assert seen["step"] == 4  # written at steps 2 and 4 of an epoch of 5, before any validation
+
+
+def test_a_checkpoint_save_that_fails_midway_leaves_the_previous_one(tmp_path, monkeypatch):
+    from xmcore.callbacks import AtomicCheckpointIO
+
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"global_step": 1, "w": torch.ones(3)}, target)
+
+    def dies_midway(obj, fh, *args, **kwargs):
+        fh.write(b"PK\x03\x04 the first bytes")
+        raise KeyboardInterrupt  # as a signal would, in the middle of writing
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"global_step": 2, "w": torch.zeros(3)}, target)
+    monkeypatch.undo()
+    assert step_of(target) == 1 and os.listdir(target.parent) == ["last.ckpt"]
+
+
+def test_resumable_loader_skips_the_consumed_batches_in_the_same_order(plugins):
+    """The data order and each pair's augmentation depend on (seed, epoch, pair) only; a loader restored
+    from a mid-epoch state yields exactly the rest of that epoch, whatever the global generators hold."""
+    from xmcore.recipe import load_recipe, validate
+    from xmcore.run import assemble
+
+    augment = ["augment.image=[{name: random-erasing, p: 0.5}]", "augment.text=[{name: random-swap, p: 0.5}]"]
+    loaded = load_recipe(QUICKSTART, [str(a) for a in small(plugins, *augment)[1:]])
+    _, _, datamodule = assemble(validate(loaded, plugins), loaded.base_dir, None)
+
+    def epoch(loader, n, state=None):
+        loader.sampler.set_epoch(n)
+        if state:
+            loader.load_state_dict(state)
+        return [batch for batch in loader]
+
+    whole = epoch(datamodule.train_dataloader(), 1)
+    assert len(whole) == STEPS_PER_EPOCH
+    interrupted = datamodule.train_dataloader()
+    interrupted.sampler.set_epoch(1)
+    iterator = iter(interrupted)
+    first_two = [next(iterator), next(iterator)]
+    state = interrupted.state_dict()
+    assert state == {"epoch": 1, "batches": 2}
+
+    torch.manual_seed(123)  # a resumed process's generators are anywhere
+    rest = epoch(datamodule.train_dataloader(), 1, state)
+    assert len(rest) == STEPS_PER_EPOCH - 2
+    for ours, theirs in zip(first_two + rest, whole, strict=True):
+        assert torch.equal(ours["image"], theirs["image"]) and torch.equal(ours["group"], theirs["group"])
+        assert all(torch.equal(ours["text"][k], theirs["text"][k]) for k in theirs["text"])
+    other = epoch(datamodule.train_dataloader(), 2)
+    assert not torch.equal(other[0]["group"], whole[0]["group"])  # another epoch, another order
+
+
+def test_an_abandoned_cache_write_is_removed_and_the_entry_rebuilt(tmp_path):
+    from xmcore.cache import cached_features, list_entries
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return torch.arange(12, dtype=torch.float32).reshape(4, 3)
+
+    identity = {"encoder": "fixed"}
+    encoder = torch.nn.Linear(3, 3)
+    features, hit = cached_features(tmp_path, identity, encoder, list("abcd"), compute)
+    (entry,) = tmp_path.iterdir()
+    shard = entry / "part-0000.safetensors"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # truncated by a kill
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    abandoned = tmp_path / f"{entry.name}.partial-{int(dead.stdout)}"  # a writer killed before its rename
+    abandoned.mkdir()
+    (abandoned / "meta.json").write_text(json.dumps({"rows": 4, "shards": []}))
+    assert [e["key"] for e in list_entries(tmp_path)] == [entry.name]  # a partial folder is no entry
+
+    again, hit = cached_features(tmp_path, identity, encoder, list("abcd"), compute)
+    assert not hit and len(calls) == 2 and torch.equal(again, features)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [entry.name]
+    assert cached_features(tmp_path, identity, encoder, list("abcd"), compute)[1]
