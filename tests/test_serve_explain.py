@@ -145,7 +145,7 @@ def test_an_explanation_leaves_the_server_free(gallery_index, plugins, monkeypat
         assert pending.result().status_code == 200
 
 
-def test_an_index_whose_stored_model_is_gone_says_so(gallery_index, plugins, tmp_path, texts):
+def test_an_index_whose_stored_model_or_item_file_is_gone_says_so(gallery_index, plugins, tmp_path, texts):
     from fastapi.testclient import TestClient
 
     from xmcore.index import SearchIndex
@@ -153,6 +153,9 @@ def test_an_index_whose_stored_model_is_gone_says_so(gallery_index, plugins, tmp
 
     copy = shutil.copytree(gallery_index, tmp_path / "idx")
     client = TestClient(create_app(SearchIndex(copy, plugins), plugins))
+    (copy / "media" / "image-4.png").write_bytes((copy / "media" / "image-5.png").read_bytes())  # swapped by hand
+    swapped = client.get("/explain", params={"item": "image-4", "text": texts[0]})
+    assert swapped.status_code == 409 and "item 'image-4': the index keeps no intact file of it" in swapped.json()["detail"]
     (copy / "model" / "weights.pt").unlink()  # after the server opened it
     response = client.get("/explain", params={"item": ITEM, "text": texts[0]})
     assert response.status_code == 409 and "no model to explain with" in response.json()["detail"]
