@@ -134,14 +134,16 @@ def test_a_checkpoint_save_that_fails_midway_leaves_the_previous_one(tmp_path, m
     assert step_of(target) == 1 and os.listdir(target.parent) == ["last.ckpt"]
 
 
-def test_resumable_loader_skips_the_consumed_batches_in_the_same_order(plugins):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resumable_loader_skips_the_consumed_batches_in_the_same_order(plugins, workers):
     """The data order and each pair's augmentation depend on (seed, epoch, pair) only; a loader restored
-    from a mid-epoch state yields exactly the rest of that epoch, whatever the global generators hold."""
+    from a mid-epoch state yields exactly the rest of that epoch, whatever the global generators hold,
+    and the next epoch whole (worker processes, kept from epoch to epoch, included)."""
     from xmcore.recipe import load_recipe, validate
     from xmcore.run import assemble
 
     augment = ["augment.image=[{name: random-erasing, p: 0.5}]", "augment.text=[{name: random-swap, p: 0.5}]"]
-    loaded = load_recipe(QUICKSTART, [str(a) for a in small(plugins, *augment)[1:]])
+    loaded = load_recipe(QUICKSTART, [str(a) for a in small(plugins, *augment, f"data.num_workers={workers}")[1:]])
     _, _, datamodule = assemble(validate(loaded, plugins), loaded.base_dir, None)
 
     def epoch(loader, n, state=None):
@@ -150,23 +152,29 @@ def test_resumable_loader_skips_the_consumed_batches_in_the_same_order(plugins):
             loader.load_state_dict(state)
         return [batch for batch in loader]
 
-    whole = epoch(datamodule.train_dataloader(), 1)
+    def same(ours, theirs):
+        for a, b in zip(ours, theirs, strict=True):
+            assert torch.equal(a["image"], b["image"]) and torch.equal(a["group"], b["group"])
+            assert all(torch.equal(a["text"][k], b["text"][k]) for k in b["text"])
+
+    uninterrupted = datamodule.train_dataloader()
+    whole, following = epoch(uninterrupted, 1), epoch(uninterrupted, 2)
     assert len(whole) == STEPS_PER_EPOCH
+    assert not torch.equal(following[0]["group"], whole[0]["group"])  # another epoch, another order
     interrupted = datamodule.train_dataloader()
     interrupted.sampler.set_epoch(1)
     iterator = iter(interrupted)
     first_two = [next(iterator), next(iterator)]
     state = interrupted.state_dict()
     assert state == {"epoch": 1, "batches": 2}
+    del iterator, interrupted
 
     torch.manual_seed(123)  # a resumed process's generators are anywhere
-    rest = epoch(datamodule.train_dataloader(), 1, state)
+    resumed = datamodule.train_dataloader()
+    rest = epoch(resumed, 1, state)
     assert len(rest) == STEPS_PER_EPOCH - 2
-    for ours, theirs in zip(first_two + rest, whole, strict=True):
-        assert torch.equal(ours["image"], theirs["image"]) and torch.equal(ours["group"], theirs["group"])
-        assert all(torch.equal(ours["text"][k], theirs["text"][k]) for k in theirs["text"])
-    other = epoch(datamodule.train_dataloader(), 2)
-    assert not torch.equal(other[0]["group"], whole[0]["group"])  # another epoch, another order
+    same(first_two + rest, whole)
+    same(epoch(resumed, 2), following)
 
 
 def test_an_abandoned_cache_write_is_removed_and_the_entry_rebuilt(tmp_path):

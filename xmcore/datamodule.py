@@ -86,17 +86,19 @@ class EpochSampler(Sampler):
 
 
 class _Skipping:
-    """The loader's batches of indices, less the first ``skip`` (consumed before a mid-epoch checkpoint)."""
+    """A loader's batches of indices, less the first ``loader._skip`` (consumed before a mid-epoch
+    checkpoint), read when an iteration starts: an iterator with persistent workers keeps this object
+    from epoch to epoch and iterates it again for each."""
 
-    def __init__(self, batches, skip: int):
-        self.batches, self.skip = batches, skip
+    def __init__(self, batches, loader: "ResumableLoader"):
+        self.batches, self.loader = batches, loader
 
     def __len__(self) -> int:
-        return max(0, len(self.batches) - self.skip)
+        return len(self.batches)
 
     def __iter__(self):
         iterator = iter(self.batches)
-        for _ in zip(range(self.skip), iterator):
+        for _ in zip(range(self.loader._skip), iterator):
             pass
         return iterator
 
@@ -129,8 +131,7 @@ class ResumableLoader(DataLoader):
 
     @property
     def _index_sampler(self):
-        batches = super()._index_sampler
-        return _Skipping(batches, self._skip) if self._skip else batches
+        return _Skipping(super()._index_sampler, self)
 
     def __iter__(self):
         return self._batches()
