@@ -202,3 +202,30 @@ def test_an_abandoned_cache_write_is_removed_and_the_entry_rebuilt(tmp_path):
     assert not hit and len(calls) == 2 and torch.equal(again, features)
     assert sorted(p.name for p in tmp_path.iterdir()) == [entry.name]
     assert cached_features(tmp_path, identity, encoder, list("abcd"), compute)[1]
+
+
+@pytest.mark.parametrize("phase", ["embedding", "faiss"])
+def test_an_index_build_killed_resumes_to_the_uninterrupted_index(trained_run, gallery_index, phase, tmp_path, capfd):
+    """``xmcore index`` killed (SIGKILL, a real subprocess) once its first shard is written, or once it
+    writes its FAISS indexes, and run again: the index equals an uninterrupted build's (the session's
+    ``gallery_index``: the same command), nothing half-written."""
+    from xmcore.search import verify
+
+    out = tmp_path / "killed"
+    mark = out / ("building.json" if phase == "embedding" else "faiss")
+    proc = xmcore_process("index", trained_run, "--out", out, "--split", "test")
+    while proc.poll() is None and not mark.exists():
+        time.sleep(0.001)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL and not (out / "manifest.json").exists(), "it ended before the kill"
+
+    again = cli(capfd, "index", trained_run, "--out", out, "--split", "test")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming:" in again.stderr
+    ours, theirs = (json.loads((d / "manifest.json").read_text()) for d in (out, gallery_index))
+    assert verify(out) == []
+    for name, digest in theirs["checksums"].items():
+        if name.startswith(("embeddings/", "metadata/", "faiss/")):
+            assert ours["checksums"][name] == digest, name
+    assert not (out / "building.json").exists() and not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
