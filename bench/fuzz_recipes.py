@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {outcome:7s} {counts[outcome]:6d}")
     seconds, case = slowest
     what = "a folder" if case is not None and case.recipe is None else f"{len(case.recipe) if case else 0} bytes"
-    print(f"slowest case: {seconds * 1000:.0f} ms ({what}, {len(case.overrides) if case else 0} overrides)")
+    print(f"slowest case: {seconds * 1000:.0f} ms ({what}, {len(case.overrides) if case else 0} overrides): {case!r:.300}")
     print(f"peak memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     for case, outcome in failures[: args.show]:
         print(f"FAILED: {outcome.problem[:300]}\n  case: {case!r:.600}")

@@ -169,6 +169,45 @@ def near_valid_recipe(draw) -> bytes:
     return _dump(data).encode("utf-8", "surrogatepass")
 
 
+def _declared() -> dict[str, dict[str, list[str]]]:
+    """kind -> component name -> its declared parameters, from the installed plugins."""
+    from xmcore.plugins import load_plugins
+
+    plugins = load_plugins()
+    return {kind: {c.name: sorted(c.params.model_fields) for c in plugins[kind]}
+            for kind in ("dataset", "encoder", "fusion", "loss", "augmentation", "metric")}
+
+
+DECLARED = _declared()
+SECTIONS = {"data": "dataset", "encoders.image": "encoder", "encoders.text": "encoder", "fusion": "fusion",
+            "loss": "loss", "loss.extra.0": "loss", "augment.image.0": "augmentation", "augment.text.0": "augmentation",
+            "eval.metrics.0": "metric"}
+
+
+@st.composite
+def component_recipe(draw) -> bytes:
+    """recipes/quickstart.yaml with one section naming any installed component of its kind and giving some of that
+    component's declared parameters random values: the parameter validators of every plugin."""
+    import copy
+
+    data = copy.deepcopy(SEEDS["quickstart.yaml"])
+    path = draw(st.sampled_from(sorted(SECTIONS)))
+    components = DECLARED[SECTIONS[path]]
+    name = draw(st.sampled_from(sorted(components)))
+    section = {"name": name}
+    for key in draw(st.lists(st.sampled_from(components[name]), max_size=3, unique=True)) if components[name] else []:
+        section[key] = draw(st.one_of(scalars, values))
+    parts = path.split(".")
+    if parts[-1] == "0":  # a list of sections: loss.extra, augment.<modality>, eval.metrics
+        holder = data
+        for part in parts[:-2]:
+            holder = holder.setdefault(part, {})
+        holder[parts[-2]] = [section]
+    else:
+        _set(data, parts, section)
+    return _dump(data).encode("utf-8", "surrogatepass")
+
+
 raw_document = st.one_of(
     st.binary(max_size=200),
     st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")),
@@ -219,7 +258,8 @@ class Case:
 
 cases = st.builds(
     Case,
-    recipe=st.one_of(near_valid_recipe(), mutated_recipe(), mutated_recipe(), raw_document, alias_bomb(), st.none()),
+    recipe=st.one_of(near_valid_recipe(), component_recipe(), mutated_recipe(), mutated_recipe(), raw_document, alias_bomb(),
+                     st.none()),
     overrides=overrides(),
     show=st.booleans(),
 )
