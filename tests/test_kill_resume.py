@@ -116,6 +116,21 @@ def test_a_checkpoint_interval_writes_before_the_first_epoch_ends(plugins, tmp_p
     assert seen["step"] == 4  # written at steps 2 and 4 of an epoch of 5, before any validation
 
 
+def test_checkpoint_keys_become_lightning_model_checkpoints(plugins, tmp_path, capfd):
+    from datetime import timedelta
+
+    from xmcore.recipe import load_recipe, validate
+    from xmcore.run import interval_checkpoints
+
+    recipe = validate(load_recipe(QUICKSTART, ["checkpoint.every_n_steps=50", "checkpoint.every_minutes=0.5"]), plugins)
+    steps, minutes = interval_checkpoints(recipe, tmp_path)
+    assert steps._every_n_train_steps == 50 and steps.save_last and steps.save_top_k == 0
+    assert minutes._train_time_interval == timedelta(seconds=30)
+    assert interval_checkpoints(validate(load_recipe(QUICKSTART, []), plugins), tmp_path) == []
+    refused = cli(capfd, "validate", QUICKSTART, "checkpoint.every_n_steps=0")
+    assert refused.returncode == 2 and "checkpoint.every_n_steps" in refused.stderr
+
+
 def test_a_checkpoint_save_that_fails_midway_leaves_the_previous_one(tmp_path, monkeypatch):
     from xmcore.callbacks import AtomicCheckpointIO
 
