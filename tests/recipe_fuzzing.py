@@ -305,7 +305,7 @@ def run_case(case: Case, folder: Path) -> Outcome:
     return Outcome(code, out.getvalue(), err.getvalue(), seconds, judge(code, err.getvalue(), str(path), seconds))
 
 
-MAX_SECONDS = 5.0
+MAX_SECONDS = 10.0  # generous: CI machines are shared; the bench prints the slowest case
 
 
 def judge(code, stderr: str, source: str, seconds: float = 0.0) -> str | None:
