@@ -8,9 +8,9 @@ uninterrupted run does):
 * each training pair draws its randomness (augmentations, caption sampling) from generators seeded
   by (seed, epoch, pair) (:class:`SeededPairs`), so it is the same whichever process, worker or
   resumed run loads it, and loading never moves the global generators the model draws from;
-* the loader is stateful (:class:`ResumableLoader`): Lightning stores how many batches of the epoch
-  were consumed in a mid-epoch checkpoint and hands it back on resume, and the loader skips them
-  without loading them.
+* the loader is stateful (:class:`ResumableLoader`): a mid-epoch checkpoint holds how many batches of
+  the epoch were consumed (Lightning saves the loader's state; :class:`xmcore.callbacks.ExactResume`
+  hands it back on resume), and the resumed loader skips them without loading them.
 """
 
 from __future__ import annotations
@@ -131,6 +131,7 @@ class ResumableLoader(DataLoader):
 
     @property
     def _index_sampler(self):
+        # DataLoader's iterators take their batches of indices from this (private) property
         return _Skipping(super()._index_sampler, self)
 
     def __iter__(self):
