@@ -75,7 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     insp.add_argument("--grid", type=Path, metavar="PNG", help="also write a picture of sample items (images; spectrograms or whatever a plugin's items draw) with captions")
     insp.add_argument("--split", help="the split the grid shows (default: train)")
 
-    idx = sub.add_parser("index", help="embed a gallery with a trained run and write a search index (FAISS)")
+    idx = sub.add_parser("index", help="embed a gallery with a trained run and write a search index (FAISS)",
+                         epilog="On several processes or machines: trainer.devices=N trainer.strategy=ddp "
+                         "[trainer.num_nodes=M trainer.accelerator=gpu trainer.precision=...] embeds with Lightning's "
+                         "predict, each process writing its own shards into INDEX_DIR (a shared file system across "
+                         "machines) and rank 0 the index; the index is the one a single process writes.")
     idx.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a directory written by `xmcore run`")
     idx.add_argument("--out", type=Path, required=True, metavar="INDEX_DIR", help="the index folder to write")
     idx.add_argument("--data", nargs="+", default=[], metavar="KEY=VALUE",
