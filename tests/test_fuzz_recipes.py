@@ -137,7 +137,7 @@ def test_huge_integers(capfd, tmp_path):
     # an integer PyYAML reads, too large for any setting (and for the decimal text of a message)
     line = _one_error_line(_validate(capfd, tmp_path, MINIMAL + "seed: 0x" + "f" * 20000 + "\n"))
     assert "line 5, column 7: an integer of 80,000 bits; no setting takes one so large" in line
-    fits = _validate(capfd, tmp_path, MINIMAL, f"seed={2 ** 40}")
+    fits = _validate(capfd, tmp_path, MINIMAL, f"trainer.max_steps={2 ** 62}")
     assert fits.returncode == 0, fits.stderr
 
 
@@ -191,3 +191,10 @@ def test_a_sweep_reads_recipes_the_same_way(capfd, tmp_path):
     line = _one_error_line(cli(capfd, "sweep", path, "fusion.name=linear,nonlinear", "--out", tmp_path / "sweep"))
     assert "duplicate key 'seed' (first on line 5, again on line 6)" in line
     assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_a_seed_lightning_refuses_is_refused_by_validate(seed, capfd, tmp_path):
+    # validate said ok, and `xmcore run` then failed in Lightning's seed_everything with a traceback
+    line = _one_error_line(_validate(capfd, tmp_path, MINIMAL, f"seed={seed}"))
+    assert "recipe.yaml: seed: input should be" in line

@@ -282,7 +282,8 @@ class Recipe(_Section):
     name: str = Field(
         "recipe", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="names the run directory; defaults to the file's stem"
     )
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seeds Python, NumPy and torch (Lightning's seed_everything "
+                      "takes 0 to 2**32 - 1)")
     data: DataSection
     encoders: dict[str, EncoderSection]
     fusion: FusionSection
