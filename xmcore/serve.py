@@ -16,9 +16,10 @@
 Bounded input: a query of at most ``MAX_QUERY_CHARS`` characters, k of 1 to ``MAX_K``, uploads of
 at most ``MAX_UPLOAD_BYTES``, and whatever the modality's reader bounds (an image's pixels, a clip's
 duration: 413 with the reason); anything else is a 4xx whose body is always ``{"detail": "<one line>"}``,
-saying what was expected without echoing the input back.  A search answers ``{"query", "results",
-"warnings"}``; ``warnings`` holds the query encoder's notes (e.g. most words unknown to an LSTM).  The
-page shows each result by its media type: a picture as an image, whatever a browser plays in an HTML
+saying what was expected without echoing the input back.  The OpenAPI schema (``/openapi.json``) declares
+each status, body and media type the server answers with (checked by Schemathesis: tests/test_serve_schema.py).
+A search answers ``{"query", "results", "warnings"}``; ``warnings`` holds the query encoder's notes (e.g.
+most words unknown to an LSTM).  The page shows each result by its media type: a picture as an image, whatever a browser plays in an HTML
 media element with the element's controls; a picture found by words gets a "why?" button that lays
 /explain's heatmap over it and colours the query's words.
 
@@ -110,6 +111,57 @@ class Detail(BaseModel):
     """Every error's body: one line that says what was expected."""
 
     detail: str
+
+
+class Item(BaseModel):
+    """What a client sees of a gallery item (``/items/{id}``, each search result)."""
+
+    id: str
+    modality: str | None = None
+    caption: str | None = None
+    label: int | None = None  # a class id, when the dataset has classes
+    split: str | None = None
+    belongs_to: str | None = None
+    file: str | None = None  # the file's name, never a server path
+    media_url: str | None = None  # where its file is shown, when it has one the index serves
+    media_type: str | None = None
+
+
+class Result(Item):
+    rank: int
+    score: float
+
+
+class AskedQuery(BaseModel):
+    """The query as the server understood it."""
+
+    modality: str
+    k: int
+    target: str
+
+
+class Answer(BaseModel):
+    """A search's answer: the query as understood, the results best first, the query encoder's notes."""
+
+    query: AskedQuery
+    results: list[Result]
+    warnings: list[str]
+
+
+class Health(BaseModel):
+    status: str
+    modalities: dict[str, dict[str, Any]]  # per modality: item count and index type
+    model: str | None  # the recipe's name
+    query_files: list[str]  # the modalities whose files POST /search takes
+    preprocessing: dict[str, str]
+
+
+def refusals(**why: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for error statuses (``s404="..."``), each a :class:`Detail`."""
+    return {int(status[1:]): {"model": Detail, "description": text} for status, text in why.items()}
+
+
+BAD_INPUT = "bad input (the one line says which parameter and what was expected)"
 
 
 class ExplainedWord(BaseModel):
@@ -326,12 +378,25 @@ def wants_png(accept: str) -> bool:
     return False
 
 
+def allowed_methods(app, scope) -> list[str]:
+    """The methods of every route whose path matches the request's."""
+    from starlette.routing import Match
+
+    methods = set()
+    for route in app.router.routes:
+        if route.matches(scope)[0] != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
 def create_app(index, plugins=None):
     """The FastAPI application over an opened :class:`xmcore.index.SearchIndex` (``plugins``: for /explain's
     methods; default: the installed ones, loaded on the first /explain call)."""
     from fastapi import FastAPI, HTTPException, Query, Request
+    from fastapi.exception_handlers import http_exception_handler
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
     from starlette.datastructures import UploadFile
 
@@ -353,9 +418,19 @@ def create_app(index, plugins=None):
         problems = []
         for error in exc.errors():
             name = str(error.get("loc", ("",))[-1])
-            why = "required" if error.get("type") == "missing" else str(error.get("msg", "invalid"))
+            kind = error.get("type")
+            why = ("required" if kind == "missing" else "empty: only spaces" if kind == "string_pattern_mismatch"
+                   else str(error.get("msg", "invalid")))  # the one pattern there is: a character that is not a space
             problems.append(f"{name}: {expected.get(name, 'invalid')} ({why})")
         return JSONResponse({"detail": "; ".join(dict.fromkeys(problems))}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc: StarletteHTTPException):
+        """FastAPI's own answer, but a 405's ``Allow`` lists every method of the path (Starlette names only
+        those of the first route that matched it: GET of /search, not its POST)."""
+        if exc.status_code == 405:
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed_methods(app, request.scope))}
+        return await http_exception_handler(request, exc)
 
     def check_target(target: str | None) -> str | None:
         if target is not None and target not in modalities:
@@ -391,31 +466,42 @@ def create_app(index, plugins=None):
                 .replace('"{{uploads}}"', json.dumps(uploads).replace("<", "\\u003c"))
                 .replace('"{{explainable}}"', json.dumps(explainers.explainable()).replace("<", "\\u003c")))
 
-    @app.get("/health")
+    @app.get("/health", response_model=None, responses={200: {"model": Health}})
     def health() -> dict[str, Any]:
         return {"status": "ok", "modalities": index.describe(), "model": index.manifest["model"]["recipe"],
                 "query_files": file_modalities, "preprocessing": index.preprocessing()}
 
-    @app.get("/search")
+    @app.get("/search", response_model=None, responses={200: {"model": Answer}, **refusals(s422=BAD_INPUT)})
     def search_text(
-        text: str = Query(..., min_length=1, max_length=MAX_QUERY_CHARS, description="the words to search for"),
-        k: int = Query(10, ge=1, le=MAX_K),
-        target: str | None = Query(None, max_length=40),
+        text: str = Query(..., min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S",
+                          description="the words to search for (not only spaces)"),
+        k: int = Query(10, ge=1, le=MAX_K, description="how many results"),
+        target: str = Query(None, max_length=40, json_schema_extra={"enum": modalities},
+                            description="the modality to search (default: another than the query's)"),
     ) -> dict[str, Any]:
         if not text.strip():
             raise HTTPException(422, "text: the query is empty")
         return run("text", text, k, check_target(target))
 
     form_schema = {"type": "object", "properties": {
-        **{m: {"type": "string", "format": "binary", "description": f"a {m} file (give one file)"} for m in file_modalities},
-        "k": {"type": "integer", "minimum": 1, "maximum": MAX_K}, "target": {"type": "string", "enum": modalities}}}
+        **{m: {"type": "string", "format": "binary", "minLength": 1, "description": f"a {m} file (give one file)"}
+           for m in file_modalities},
+        "k": {"type": "integer", "minimum": 1, "maximum": MAX_K}, "target": {"type": "string", "enum": modalities}},
+        **({"required": file_modalities} if len(file_modalities) == 1 else
+           {"oneOf": [{"required": [m]} for m in file_modalities]})}
 
-    @app.post("/search", openapi_extra={"requestBody": {"required": True,
-                                                         "content": {"multipart/form-data": {"schema": form_schema}}}})
+    @app.post("/search", response_model=None, include_in_schema=bool(file_modalities), responses={
+        200: {"model": Answer},
+        **refusals(s413=f"the file is larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB, or beyond its modality's "
+                        "bound (an image's pixels, a clip's duration)",
+                   s422=BAD_INPUT + "; or the file is not readable as its modality, or k or target is given in the "
+                                    "form and the query string with different values")},
+        openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": form_schema}}}})
     async def search_file(
         request: Request,
-        k_in_query: int | None = Query(None, alias="k", ge=1, le=MAX_K),
-        target_in_query: str | None = Query(None, alias="target", max_length=40),
+        k_in_query: int = Query(None, alias="k", ge=1, le=MAX_K, description="or in the form"),
+        target_in_query: str = Query(None, alias="target", max_length=40, json_schema_extra={"enum": modalities},
+                                     description="or in the form"),
     ) -> dict[str, Any]:
         """A query file in a form field named by its modality (``image=``...); k and target in the form or the query string."""
         fields, modality, data = await read_form(request)
@@ -468,14 +554,21 @@ def create_app(index, plugins=None):
         except XmcoreError as exc:
             raise HTTPException(422, f"{modality}: {exc}") from None
 
-    @app.get("/items/{item_id}")
+    @app.get("/items/{item_id}", response_model=None, responses={
+        200: {"model": Item}, **refusals(s404="no such item in this index", s422=BAD_INPUT)})
     def item(item_id: str) -> dict[str, Any]:
         meta = index.by_id.get(item_id)
         if meta is None:
             raise HTTPException(404, f"no item '{item_id[:80]}' in this index")
         return public(meta)
 
-    @app.get("/items/{item_id}/media")
+    served = sorted({t for e in index.manifest["modalities"].values() for t in e.get("media_types", [])})
+    binary = {"schema": {"type": "string", "format": "binary"}}
+
+    @app.get("/items/{item_id}/media", response_class=Response, responses={
+        200: {"description": "the item's file, as its media type", "content": {
+            t: binary for t in served or ("image/*", "audio/*", "video/*")}},
+        **refusals(s404="no such item, or no intact file of it that the index serves", s422=BAD_INPUT)})
     def media(item_id: str):
         meta = index.by_id.get(item_id)
         found = index.media_file(meta) if meta else None
@@ -509,7 +602,8 @@ def explain_route(app, explainers: Explainers) -> None:
     def explain_match(
         request: Request,
         item: str = Query(..., min_length=1, max_length=200, description="a gallery item's id, as /search returns it"),
-        text: str = Query(..., min_length=1, max_length=MAX_QUERY_CHARS, description="the words the item is explained against"),
+        text: str = Query(..., min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S",
+                          description="the words the item is explained against (not only spaces)"),
         method: str | None = Query(None, max_length=40, description="an installed explainer of the item's modality; "
                                    "default: gradcam where the encoder has a convolutional stage, else occlusion"),
         format: Literal["json", "png"] | None = Query(None, description="json or png; default: by the Accept header, else json"),
