@@ -27,7 +27,7 @@ def client(gallery_index, plugins):
     from fastapi.testclient import TestClient
 
     from xmcore.index import SearchIndex
-    from xmcore.serve import create_app
+    from xmcore.search.server import create_app
 
     return TestClient(create_app(SearchIndex(gallery_index, plugins)))
 
@@ -69,7 +69,7 @@ def test_only_listed_and_intact_files_are_served(gallery_index, plugins, tmp_pat
     from fastapi.testclient import TestClient
 
     from xmcore.index import SearchIndex
-    from xmcore.serve import create_app
+    from xmcore.search.server import create_app
 
     copy = tmp_path / "idx"
     shutil.copytree(gallery_index, copy)
@@ -100,7 +100,7 @@ def test_bad_text_queries_get_a_4xx_that_says_why(client, params, fragment):
 
 
 def test_bad_uploads_get_a_4xx_and_the_server_stays_up(client):
-    from xmcore.serve import MAX_UPLOAD_BYTES
+    from xmcore.search.server import MAX_UPLOAD_BYTES
 
     not_image = client.post("/search", files={"image": ("a.png", b"this is not a picture", "image/png")})
     assert not_image.status_code == 422 and "not a readable image" in not_image.json()["detail"]
@@ -117,7 +117,7 @@ def test_a_picture_over_50_megapixels_is_refused_though_its_file_is_small(client
 
     from PIL import Image
 
-    from xmcore.serve import MAX_UPLOAD_BYTES
+    from xmcore.search.server import MAX_UPLOAD_BYTES
 
     picture = Image.new("P", (8000, 7000), 0)  # 56 megapixels of one colour
     picture.putpalette([220, 30, 30])
@@ -193,7 +193,7 @@ def audio_client(audio_index, plugins):
     from fastapi.testclient import TestClient
 
     from xmcore.index import SearchIndex
-    from xmcore.serve import create_app
+    from xmcore.search.server import create_app
 
     return TestClient(create_app(SearchIndex(audio_index, plugins)))
 

@@ -17,7 +17,7 @@ def client(gallery_index, plugins):
     from fastapi.testclient import TestClient
 
     from xmcore.index import SearchIndex
-    from xmcore.serve import create_app
+    from xmcore.search.server import create_app
 
     return TestClient(create_app(SearchIndex(gallery_index, plugins), plugins))
 
@@ -109,7 +109,7 @@ def test_without_an_explainer_for_pictures_the_answer_says_so(gallery_index, plu
 
     from xmcore.index import SearchIndex
     from xmcore.plugins import load_plugins
-    from xmcore.serve import create_app
+    from xmcore.search.server import create_app
 
     monkeypatch.setenv("XMCORE_DISABLE_PLUGINS", "xmcore-explain")
     client = TestClient(create_app(SearchIndex(gallery_index, plugins), load_plugins()))
@@ -126,7 +126,7 @@ def test_an_explanation_leaves_the_server_free(gallery_index, plugins, monkeypat
 
     from fastapi.testclient import TestClient
 
-    from xmcore import serve
+    from xmcore.search import server as serve
     from xmcore.index import SearchIndex
 
     running = serve.Explainers.run
@@ -149,7 +149,7 @@ def test_an_index_whose_stored_model_or_item_file_is_gone_says_so(gallery_index,
     from fastapi.testclient import TestClient
 
     from xmcore.index import SearchIndex
-    from xmcore.serve import create_app
+    from xmcore.search.server import create_app
 
     copy = shutil.copytree(gallery_index, tmp_path / "idx")
     client = TestClient(create_app(SearchIndex(copy, plugins), plugins))

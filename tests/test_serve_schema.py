@@ -17,7 +17,7 @@ CONFIG = Path(__file__).parent / "schemathesis.toml"
 @pytest.fixture(scope="module")
 def app(gallery_index, plugins):
     from xmcore.index import SearchIndex
-    from xmcore.serve import create_app
+    from xmcore.search.server import create_app
 
     return create_app(SearchIndex(gallery_index, plugins), plugins)
 

@@ -347,7 +347,7 @@ def cmd_search(args) -> int:
 
 def cmd_serve(args) -> int:
     from xmcore.plugins import load_plugins
-    from xmcore.serve import serve
+    from xmcore.search.server import serve
 
     if not 0 < args.port < 65536:
         raise XmcoreError("--port: expected 1 to 65535")

@@ -1,4 +1,4 @@
-"""The search side of xmcore: ``xmcore index`` and ``xmcore search``.
+"""The search side of xmcore: ``xmcore index``, ``xmcore search`` and ``xmcore serve``.
 
     xmcore index RUN_DIR --out INDEX_DIR [--data KEY=VALUE ...] [--index flat|hnsw|ivfpq]
     xmcore search INDEX_DIR --text "a red circle" [-k 10] [--json]
@@ -14,6 +14,8 @@ One file per part:
     predict.py      embedding with Lightning's predict on one process or many (``trainer.devices=N
                     trainer.strategy=ddp``): shards dealt out to the ranks, each rank writing its own
     build.py        build_index: the phases of ``xmcore index``
+    server.py       ``xmcore serve``: the HTTP API and its search page (imported on its own: FastAPI is not
+                    imported by ``import xmcore.search``)
 """
 
 from xmcore.search.build import build_index
