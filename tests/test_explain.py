@@ -256,7 +256,7 @@ def test_explain_bad_input_gets_a_clear_message_and_exit_2(capfd, trained_run, t
         (["--image", picture, "--text", "a red square", "--method", "gradcma"],
          "unknown explainer 'gradcma'; did you mean 'gradcam'"),
         (["--image", picture, "--text", "a red square", "--text-method", "occlusion"],
-         "--text-method: 'occlusion' explains image, not text; for text: integrated-gradients"),
+         "--text-method: 'occlusion' explains image and audio, not text; for text: integrated-gradients"),
         (["--image", picture, "--text", "a red square", "--method", "occlusion", "--param", "windw=0.2"],
          "--param windw: Extra inputs are not permitted"),
         (["--image", picture, "--text", "a red square", "--param", "layer=model.nope"], "layer 'model.nope'"),

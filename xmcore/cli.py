@@ -86,8 +86,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="the gallery as recipe keys (default: the run's own dataset), e.g. data.name=imagefolder data.root=photos")
     idx.add_argument("--split", default="all", help="comma-separated splits to index, or 'all' (default)")
     idx.add_argument("--modality", default="all", help="comma-separated modalities to index, or 'all' (default)")
-    idx.add_argument("--index", default="flat", choices=["flat", "hnsw", "ivfpq"], dest="kind",
-                     help="exact inner product (flat, default) or approximate (hnsw, ivfpq)")
+    idx.add_argument("--index", default=None, choices=["flat", "hnsw", "ivfpq"], dest="kind",
+                     help="exact inner product (flat, default) or approximate (hnsw, ivfpq; the default with "
+                     "--on-disk or --max-memory)")
     idx.add_argument("--hnsw-m", type=int, default=32, help="HNSW: links per node (default 32)")
     idx.add_argument("--ef-construction", type=int, default=200, help="HNSW: build-time candidates (default 200)")
     idx.add_argument("--ef-search", type=int, default=128, help="HNSW: search-time candidates (default 128)")
@@ -97,6 +98,14 @@ def _parser() -> argparse.ArgumentParser:
     idx.add_argument("--nprobe", type=int, default=32, help="IVF-PQ: cells visited per query (default 32)")
     idx.add_argument("--refine", type=int, default=0, help="IVF-PQ: re-rank REFINE*k candidates exactly (default 0: off)")
     idx.add_argument("--shard-size", type=int, default=50_000, help="rows per embeddings shard (default 50000)")
+    idx.add_argument("--max-memory", metavar="SIZE",
+                     help="IVF-PQ: a memory budget (e.g. 2GB) that chooses --nlist, --pq-m and the training sample as "
+                     "autofaiss does, and bounds the build: vectors are read from the shards a chunk at a time")
+    idx.add_argument("--on-disk", action="store_true",
+                     help="IVF-PQ: inverted lists in an .ivfdata file (FAISS OnDiskInvertedLists), memory-mapped by a search")
+    idx.add_argument("--shards", type=int, default=1, metavar="K",
+                     help="split each modality's FAISS index into K files (e.g. one per search machine), searched "
+                     "together and merged by FAISS's IndexShards (default 1)")
     idx.add_argument("--add", action="store_true", help="add the items to the existing index in INDEX_DIR")
 
     srch = sub.add_parser("search", help="query an index with words or a file (an image, or any modality it reads)",
@@ -117,12 +126,16 @@ def _parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser("explain", help="which pixels of a picture and which words of a text make them match",
                          description="Explain a (picture, text) pair with a trained model: a heatmap over the picture "
-                         "(overlay.png, the raw map.npy) and each word's attribution (words.json, words.html).")
+                         "(overlay.png, the raw map.npy) and each word's attribution (words.json, words.html).",
+                         epilog="A file of any other modality whose encoder reads files is given the same way: "
+                         "--<MODALITY> FILE, named as the model names the modality; its map lies over what the "
+                         "encoder reads (e.g. a spectrogram).")
     exp.add_argument("model_dir", type=Path, metavar="RUN_DIR_OR_INDEX", help="a run directory or an index folder")
-    exp.add_argument("--image", type=Path, required=True, metavar="FILE", help="the picture")
+    exp.add_argument("--image", type=Path, metavar="FILE", help="the picture")
     exp.add_argument("--text", required=True, help="the text, e.g. \"a red circle\"")
-    exp.add_argument("--method", default="gradcam", help="how the picture is explained: gradcam (default), occlusion, "
-                     "integrated-gradients, or any installed explainer (`xmcore plugins` lists them)")
+    exp.add_argument("--method", help="how the picture is explained: gradcam (default), occlusion, "
+                     "integrated-gradients, or any installed explainer (`xmcore plugins` lists them; default for "
+                     "another modality: the first that explains it)")
     exp.add_argument("--text-method", default="integrated-gradients", help="how the words are explained (default "
                      "integrated-gradients)")
     exp.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
@@ -154,7 +167,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = _parser()
     argv, query_files = _query_file_options(parser, list(sys.argv[1:] if argv is None else argv))
     args, extras = parser.parse_known_args(argv)
-    if args.command == "search":
+    if args.command in _FILE_COMMANDS:
         args.query_files = query_files + ([("image", args.image)] if args.image is not None else [])
     dest = _KEY_VALUE_DEST.get(args.command)
     rest = []
@@ -168,19 +181,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _query_file_options(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[tuple[str, Path]]]:
-    """``search``'s ``--<modality> FILE`` options for modalities the parser cannot know in advance (they are
-    the index's), taken out of ``argv`` wherever they stand: ``(the other words, [(modality, FILE), ...])``.
+_FILE_COMMANDS = ("search", "explain")  # the commands that take ``--<modality> FILE``
 
-    An option of ``search``'s own, or an abbreviation argparse would expand to one, is left to argparse."""
+
+def _query_file_options(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[tuple[str, Path]]]:
+    """``search``'s and ``explain``'s ``--<modality> FILE`` options for modalities the parser cannot know in
+    advance (they are the model's), taken out of ``argv`` wherever they stand: ``(the other words, [(modality,
+    FILE), ...])``.
+
+    An option of the command's own, or an abbreviation argparse would expand to one, is left to argparse."""
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    try:
-        at = argv.index("search")
-    except ValueError:
+    at = next((i for i, w in enumerate(argv) if w in _FILE_COMMANDS), None)
+    if at is None or any(not w.startswith("-") for w in argv[:at]):  # not the command, or an argument of another
         return argv, []
-    if any(not w.startswith("-") for w in argv[:at]):  # "search" is an argument here, not the command
-        return argv, []
-    known = [o for o in sub.choices["search"]._option_string_actions if o.startswith("--")]
+    known = [o for o in sub.choices[argv[at]]._option_string_actions if o.startswith("--")]
     rest, found, words = argv[: at + 1], [], iter(argv[at + 1:])
     for word in words:
         name, eq, value = word.partition("=")
@@ -296,6 +310,24 @@ def _csv(value: str) -> list[str] | None:
     return None if value == "all" else [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _index_kind(args) -> str:
+    """``--index``, ivfpq by default where --on-disk or --max-memory ask for it; they build nothing else."""
+    if args.kind in ("flat", "hnsw") and (args.on_disk or args.max_memory):
+        raise XmcoreError(f"--on-disk and --max-memory build IVF-PQ (--index ivfpq); a {args.kind} index holds every "
+                          "vector in memory: leave them out, or use --index ivfpq")
+    return args.kind or ("ivfpq" if args.on_disk or args.max_memory else "flat")
+
+
+def _max_memory(args) -> int | None:
+    from xmcore.search.ivf import parse_memory
+
+    if args.shards < 1:
+        raise XmcoreError(f"--shards: expected 1 or more FAISS files, got {args.shards}")
+    if args.add and (args.on_disk or args.max_memory or args.shards > 1):
+        raise XmcoreError("--add keeps the index's own FAISS files; --on-disk, --shards and --max-memory shape a new index")
+    return parse_memory(args.max_memory) if args.max_memory else None
+
+
 def cmd_index(args) -> int:
     from xmcore.search import IndexOptions, build_index
     from xmcore.plugins import load_plugins
@@ -307,9 +339,10 @@ def cmd_index(args) -> int:
         raise XmcoreError(f"--nbits: expected 1 to 16 bits per code, got {args.nbits}")
     if args.refine < 0:
         raise XmcoreError(f"--refine: expected 0 (off) or a positive factor, got {args.refine}")
-    options = IndexOptions(kind=args.kind, hnsw_m=args.hnsw_m, ef_construction=args.ef_construction,
+    options = IndexOptions(kind=_index_kind(args), hnsw_m=args.hnsw_m, ef_construction=args.ef_construction,
                            ef_search=args.ef_search, nlist=args.nlist, pq_m=args.pq_m, nbits=args.nbits,
-                           nprobe=args.nprobe, refine=args.refine)
+                           nprobe=args.nprobe, refine=args.refine, shards=args.shards, on_disk=args.on_disk,
+                           max_memory=_max_memory(args))
     manifest = build_index(args.run_dir, args.out, load_plugins(), overrides=args.data, splits=_csv(args.split),
                            modalities=_csv(args.modality), options=options, shard_size=args.shard_size, add=args.add)
     if manifest is None:  # a process other than rank 0 of a build on several: rank 0 reports
@@ -502,12 +535,16 @@ def cmd_plugins(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    from xmcore.explain.command import explain_pair, summary
+    from xmcore.explain.command import explain_file, summary
     from xmcore.plugins import load_plugins
 
     if args.top < 0:
         raise XmcoreError("--top: expected 0 or more words")
-    result = explain_pair(args.model_dir, args.image, args.text, load_plugins(), args.method, args.text_method,
+    if len(args.query_files) != 1:
+        raise XmcoreError("explain: give one item to explain: --image FILE, or a file of another modality as "
+                          "--<MODALITY> FILE")
+    (modality, path), = args.query_files
+    result = explain_file(args.model_dir, modality, path, args.text, load_plugins(), args.method, args.text_method,
                           args.param, args.out)
     print(summary(result, args.top))
     return 0

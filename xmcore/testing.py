@@ -254,9 +254,11 @@ def check_augmentation(component: Component, modality: str, ctx: BuildContext | 
         assert type(out) is type(item) or (modality == "image" and hasattr(out, "size")), type(out)
 
 
-def tiny_explain_model(plugins=None):
-    """A small untrained image/text model for :func:`check_explainer`: timm's ``test_resnet`` at 32 pixels, an LSTM
-    over the sample texts' words, a linear common space (the first-party components, seeded)."""
+def tiny_explain_model(plugins=None, modality: str = "image"):
+    """A small untrained model for :func:`check_explainer`: timm's ``test_resnet`` at 32 pixels, an LSTM over the
+    sample texts' words, a linear common space (the first-party components, seeded).  For a ``modality`` other than
+    image and text, the first installed encoder of it that gives test parameters and items stands for the picture
+    model (:func:`modality_encoder`)."""
     import torch
 
     from xmcore.explain import ExplainModel
@@ -265,13 +267,23 @@ def tiny_explain_model(plugins=None):
     plugins = plugins or load_plugins()
     torch.manual_seed(0)
     texts = sample_items("text")
+    first = modality if modality not in ("image", "text") else "image"
     encoders = {
-        "image": build(plugins["encoder"].get("timm"), BuildContext(modality="image"), model_name="test_resnet", img_size=32),
+        first: build(modality_encoder(plugins, first), BuildContext(modality=first))
+        if first != "image" else build(plugins["encoder"].get("timm"), BuildContext(modality="image"), model_name="test_resnet", img_size=32),
         "text": build(plugins["encoder"].get("lstm"), BuildContext(modality="text", train_items=lambda: texts),
                       embed_dim=8, hidden=8),
     }
     fusion = build(plugins["fusion"].get("linear"), BuildContext(input_dims={m: e.output_dim for m, e in encoders.items()}, dim=8))
     return ExplainModel(encoders, fusion, "the contract's tiny model")
+
+
+def modality_encoder(plugins, modality: str) -> Component:
+    """The first installed encoder of ``modality`` with test parameters and test items (a plugin's modality)."""
+    for component in plugins["encoder"]:
+        if modality in (component.modalities or ()) and component.test_items is not None and component_test_params(component) is not None:
+            return component
+    raise AssertionError(f"no installed encoder of '{modality}' gives test parameters and test items to check an explainer with")
 
 
 def check_explainer(component: Component, modality: str, model=None, item: Any = None, **params: Any) -> None:
@@ -286,7 +298,12 @@ def check_explainer(component: Component, modality: str, model=None, item: Any =
 
     from xmcore.explain import explain, words_of
 
-    model = model or tiny_explain_model()
+    if model is None:
+        from xmcore.plugins import load_plugins
+
+        model = tiny_explain_model(modality=modality)
+        if item is None and modality not in ("image", "text"):
+            item = sample_items(modality, 1, modality_encoder(load_plugins(), modality))[0]
     item = item if item is not None else sample_items(modality, 1, component)[0]
     other = next(m for m in model.modalities if m != modality)
     target = model.target(other, sample_items(other, 2, component)[1])
@@ -303,6 +320,9 @@ def check_explainer(component: Component, modality: str, model=None, item: Any =
     elif isinstance(item, str):
         assert [w.text for w in result.words] == [item[a:b] for a, b in words_of(item)]
         assert values.shape == (len(result.words),) and np.abs(values).max() > 0
+    else:  # a map over what its canvas shows (a spectrogram, say)
+        assert result.canvas is not None and values.shape == np.shape(result.canvas.background) and values.ndim == 2
+        assert values.max() > values.min(), "a flat map says nothing"
     for m, encoder in model.encoders.items():
         after = encoder.state_dict()
         assert all(torch.equal(before[m][k], after[k]) for k in before[m]), f"explaining changed the {m} encoder's weights"

@@ -44,7 +44,11 @@ class ExplainModel:
 
     def embed(self, modality: str, batch: Any):
         """L2-normalised common-space embeddings of an encoder batch, with the autograd graph kept."""
-        features = self.encoder(modality)(batch)
+        return self.project(modality, self.encoder(modality)(batch))
+
+    def project(self, modality: str, features):
+        """L2-normalised common-space embeddings of encoder features (``[n, output_dim]``): for a method that
+        runs the encoder in its own way (on an input it changed inside the encoder, say)."""
         return self._torch.nn.functional.normalize(self.fusion(features, modality).float(), dim=-1)
 
     def target(self, modality: str, item: Any):

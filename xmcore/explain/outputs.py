@@ -36,8 +36,8 @@ def words_record(text: str, image: Explanation, words: Explanation | None) -> di
     return {
         "text": text,
         "score": round(image.score, 6),
-        "image": {"method": image.method, "map": FILES["map"], "shape": list(image.attributions.shape),
-                  "peak": [x, y], "details": _plain(image.details)},
+        image.modality: {"method": image.method, "map": FILES["map"], "shape": list(image.attributions.shape),
+                         "peak": [x, y], "details": _plain(image.details)},
         "words_by": {"method": words.method, "details": _plain(words.details)} if words else None,
         "words": [{"word": w.text, "start": w.start, "end": w.end, "attribution": round(w.attribution, 6),
                    "read": w.read} for w in (words.words if words else [])],
@@ -115,11 +115,11 @@ def draw_map(ax, item, explanation: Explanation, overlay: bool = True, marker: b
     The drawing used by ``xmcore explain``'s ``overlay.png`` and by the report's explained gallery."""
     values = np.asarray(explanation.attributions)
     canvas = explanation.canvas
-    ax.set_xticks([])
-    ax.set_yticks([])
     if canvas is None:
         from xmcore.data import materialize
 
+        ax.set_xticks([])
+        ax.set_yticks([])
         ax.imshow(materialize(item))
         rows, columns = values.shape
         extent, origin = (0, columns, rows, 0), "upper"
@@ -129,6 +129,7 @@ def draw_map(ax, item, explanation: Explanation, overlay: bool = True, marker: b
         ax.imshow(canvas.background, origin=origin, extent=extent, aspect="auto", cmap="gray_r", interpolation="nearest")
         ax.set_xlabel(canvas.xlabel, fontsize=7)
         ax.set_ylabel(canvas.ylabel, fontsize=7)
+        ax.tick_params(labelsize=6)
     if not overlay:
         return None
     shown = ax.imshow(relative_map(values), cmap="jet", alpha=0.5, vmin=0, vmax=1, extent=extent, origin=origin,

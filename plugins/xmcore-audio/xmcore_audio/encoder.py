@@ -139,6 +139,42 @@ class AudioCNNEncoder(Encoder):
         norm = features.new_zeros(clips, 1).index_add_(0, index, weight)
         return total / norm
 
+    # ------------------------------------------------------------------ explanations (xmcore-explain's occlusion)
+
+    def spectrogram(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The input of a batch of one clip as one time x frequency map ``[n_mels, frames]``: its windows'
+        log-mels side by side, each cut where the clip ends (no padding), and how to draw it (the keyword
+        arguments of :class:`xmcore.explain.Canvas` but the background: the extent in seconds and mel bands)."""
+        if int(batch["clips"]) != 1:
+            raise XmcoreError(f"audio-cnn: spectrogram() reads a batch of one clip, got {int(batch['clips'])}")
+        pre = self.preprocessor
+        frames = self._real_frames(batch)
+        joined = torch.cat([mel[0, :, :n] for mel, n in zip(batch["mel"], frames)], dim=-1)
+        seconds = joined.shape[-1] * pre.hop_length / pre.sample_rate
+        return joined, {"extent": (0.0, seconds, 0.0, float(pre.n_mels)), "xlabel": "seconds",
+                        "ylabel": f"mel band ({pre.f_min:.0f}-{pre.f_max:.0f} Hz)"}
+
+    def from_spectrogram(self, spectrograms: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """Features ``[n, output_dim]`` of ``n`` versions of the batch's one clip, each given as
+        :meth:`spectrogram` gives it (``[n, n_mels, frames]``, e.g. with patches hidden): cut back into the
+        windows (their padding as the clip's own), then encoded and averaged exactly as :meth:`forward` does."""
+        n, frames = spectrograms.shape[0], self._real_frames(batch)
+        windows = batch["mel"].expand(n, *batch["mel"].shape).clone()  # [n, windows, 1, n_mels, frames]
+        start = 0
+        for w, count in enumerate(frames):
+            windows[:, w, 0, :, :count] = spectrograms[:, :, start : start + count]
+            start += count
+        per_version = len(frames)
+        versions = {"mel": windows.reshape(n * per_version, *batch["mel"].shape[1:]), "weight": batch["weight"].repeat(n),
+                    "clip": torch.arange(n).repeat_interleave(per_version), "clips": torch.tensor(n)}
+        return self(versions)
+
+    def _real_frames(self, batch: dict[str, Any]) -> list[int]:
+        """Frames of each window of a one-clip batch that hold the clip (the last window's padding left out)."""
+        pre = self.preprocessor
+        width = batch["mel"].shape[-1]
+        return [min(width, int(round(float(w) * pre.window_samples)) // pre.hop_length + 1) for w in batch["weight"]]
+
     def read_query(self, file) -> Clip:
         """A query file as a clip at its own rate (the preprocessor resamples it), up to ``max_query_seconds``."""
         from xmcore_audio.items import read_clip

@@ -8,6 +8,8 @@ side's embedding held fixed:
   stage of the image encoder, ReLU on, upsampled onto the picture;
 * ``occlusion`` -- captum's ``Occlusion`` (Zeiler & Fergus, ECCV 2014): hide a sliding patch (painted in
   the picture's mean colour) and measure the score's drop; needs nothing of the encoder (ViTs included);
+  for sounds the patch slides over the encoder's log-mel input (time x frequency, hidden by the
+  spectrogram's mean level: :mod:`xmcore_explain.spectrogram`);
 * ``integrated-gradients`` -- Sundararajan et al., ICML 2017: for pictures captum's
   ``IntegratedGradients`` on the input pixels (from the normalisation's mean colour: grey), for texts
   ``LayerIntegratedGradients`` on the encoder's word-embedding layer (from padding tokens), summed
@@ -39,7 +41,8 @@ class OcclusionParams(xmcore.Params):
     stride: float = Field(0.25, gt=0, le=1, description="the step between patches, as a fraction of the patch's side")
     batch: int = Field(64, ge=1, description="occluded pictures per forward pass")
     fill: Literal["mean", "zero"] = Field(
-        "mean", description="what hides a patch: the picture's mean colour, or 0 in the model's input (the normalisation's mean)")
+        "mean", description="what hides a patch: the picture's mean colour (a spectrogram's mean level), or 0 in the "
+        "model's input (the normalisation's mean)")
 
 
 class IntegratedGradientsParams(xmcore.Params):
@@ -55,7 +58,8 @@ def build_gradcam(params: GradCamParams, ctx: xmcore.BuildContext):
 
 
 def build_occlusion(params: OcclusionParams, ctx: xmcore.BuildContext):
-    """Occlusion (captum): the score's drop when a sliding patch of the picture's mean colour hides each place; any image encoder."""
+    """Occlusion (captum): the score's drop when a sliding patch hides each place of a picture (any image encoder) or of
+    a sound's log-mel input (time x frequency)."""
     from xmcore_explain.image import Occlusion
 
     return Occlusion(params.window, params.stride, params.batch, params.fill)
@@ -71,6 +75,6 @@ def build_integrated_gradients(params: IntegratedGradientsParams, ctx: xmcore.Bu
 @xmcore.hookimpl
 def xmcore_register_explainers(register):
     register("gradcam", build_gradcam, params=GradCamParams, modalities=["image"])
-    register("occlusion", build_occlusion, params=OcclusionParams, modalities=["image"], test_params={"window": 0.25})
+    register("occlusion", build_occlusion, params=OcclusionParams, modalities=["image", "audio"], test_params={"window": 0.25})
     register("integrated-gradients", build_integrated_gradients, params=IntegratedGradientsParams,
              modalities=["image", "text"], test_params={"steps": 8})

@@ -17,6 +17,7 @@ from captum.attr import Occlusion as CaptumOcclusion
 from xmcore.data import materialize
 from xmcore.errors import XmcoreError, did_you_mean
 from xmcore.explain import Explanation, onto_picture
+from xmcore.figures import is_picture
 
 MIN_CAM_SIDE = 7
 """The automatic Grad-CAM layer keeps at least this many positions a side: ImageNet CNNs' last stage at
@@ -68,6 +69,10 @@ class Occlusion:
         self.window, self.stride, self.batch, self.fill = window, stride, batch, fill
 
     def __call__(self, model, modality: str, item: Any, target: torch.Tensor) -> Explanation:
+        if not is_picture(materialize(item)):
+            from xmcore_explain.spectrogram import occlude_spectrogram
+
+            return occlude_spectrogram(model, modality, item, target, self.window, self.stride, self.batch, self.fill)
         picture, batch = _prepare(model, modality, item)
         channels, height, width = batch.shape[1:]
         side = max(1, round(self.window * min(height, width)))
