@@ -14,8 +14,8 @@ One file per part:
     predict.py      embedding with Lightning's predict on one process or many (``trainer.devices=N
                     trainer.strategy=ddp``): shards dealt out to the ranks, each rank writing its own
     build.py        build_index: the phases of ``xmcore index``
-    server.py       ``xmcore serve``: the HTTP API and its search page (imported on its own: FastAPI is not
-                    imported by ``import xmcore.search``)
+    server.py       ``xmcore serve``: the HTTP API (imported on its own: ``import xmcore.search`` imports no
+                    FastAPI); page.html, its search page
 """
 
 from xmcore.search.build import build_index

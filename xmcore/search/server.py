@@ -35,12 +35,20 @@ The server binds 127.0.0.1 unless told otherwise, and checks that the port is fr
 import io
 import json
 import threading
+from importlib.resources import files
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from xmcore.errors import QueryError, XmcoreError, did_you_mean
 
@@ -389,28 +397,77 @@ def allowed_methods(app, scope) -> list[str]:
     return sorted(methods)
 
 
-def create_app(index, plugins=None):
-    """The FastAPI application over an opened :class:`xmcore.index.SearchIndex` (``plugins``: for /explain's
-    methods; default: the installed ones, loaded on the first /explain call)."""
-    from fastapi import FastAPI, HTTPException, Query, Request
-    from fastapi.exception_handlers import http_exception_handler
-    from fastapi.exceptions import RequestValidationError
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
-    from starlette.concurrency import run_in_threadpool
-    from starlette.datastructures import UploadFile
+@dataclass
+class Served:
+    """What the routes share: the opened index, /explain's models, and how a query reaches the model (one at a
+    time behind a lock)."""
 
+    index: Any
+    explainers: Explainers
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self):
+        self.modalities, self.file_modalities = self.index.modalities, self.index.file_modalities
+        self.expected = {  # what each parameter takes, said when it is wrong
+            "text": f"expected 1 to {MAX_QUERY_CHARS} characters", "k": f"expected a whole number from 1 to {MAX_K}",
+            "target": f"expected one of {', '.join(self.modalities)}",
+            "item": "expected an item id of this index, as /search returns",
+            "method": "expected the name of an installed explainer", "format": "expected json or png",
+            "file": "expected one query file in a multipart form field named by its modality: "
+                    + (", ".join(self.file_modalities) or "(this index takes no query files)")}
+
+    def check_target(self, target: str | None) -> str | None:
+        if target is not None and target not in self.modalities:
+            raise HTTPException(422, f"target: expected one of {', '.join(self.modalities)}, got '{target[:40]}'")
+        return target
+
+    def public(self, meta: dict[str, Any]) -> dict[str, Any]:
+        item = {k: meta[k] for k in PUBLIC_FIELDS if k in meta}
+        if "path" in meta:
+            item["file"] = Path(meta["path"]).name  # a name, never a server path
+        kind = self.index.media_type(meta)
+        if kind:
+            item["media_url"], item["media_type"] = f"/items/{meta['id']}/media", kind
+        return item
+
+    def run(self, query_modality: str, query: Any, k: int, target: str | None) -> dict[str, Any]:
+        """A search's answer (``Answer``); called in the threadpool."""
+        try:
+            with self.lock:
+                results = self.index.search(query_modality, query, k, target)
+                notes = self.index.query_warnings(query_modality, query)
+        except XmcoreError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return {"query": {"modality": query_modality, "k": k, "target": target or self.index.default_target(query_modality)},
+                "results": [self.public(r) | {"rank": r["rank"], "score": r["score"]} for r in results], "warnings": notes}
+
+    def decode(self, modality: str, data: bytes):
+        """An upload's bytes as a raw item of ``modality`` (413 beyond a bound, else 422 with the reason)."""
+        try:
+            return self.index.read_query(modality, io.BytesIO(data))
+        except QueryError as exc:
+            raise HTTPException(413 if exc.too_large else 422, f"{modality}: {exc}") from None
+        except XmcoreError as exc:
+            raise HTTPException(422, f"{modality}: {exc}") from None
+
+
+def create_app(index, plugins=None):
+    """The FastAPI application over an opened :class:`xmcore.search.SearchIndex` (``plugins``: for /explain's
+    methods; default: the installed ones, loaded on the first /explain call)."""
     app = FastAPI(title="xmcore search", version="1", docs_url="/docs", redoc_url=None)
     app.add_middleware(BodyLimit, limit=MAX_UPLOAD_BYTES + 64 * 1024)  # the file plus the form's other fields
-    lock = threading.Lock()  # one query through the model at a time
-    explainers = Explainers(index, plugins)  # /explain: a model of its own, loaded on the first call
-    modalities, file_modalities = index.modalities, index.file_modalities
-    expected = {"text": f"expected 1 to {MAX_QUERY_CHARS} characters", "k": f"expected a whole number from 1 to {MAX_K}",
-                "target": f"expected one of {', '.join(modalities)}",
-                "item": "expected an item id of this index, as /search returns",
-                "method": "expected the name of an installed explainer", "format": "expected json or png",
-                "file": "expected one query file in a multipart form field named by its modality: "
-                        + (", ".join(file_modalities) or "(this index takes no query files)")}
+    served = Served(index, Explainers(index, plugins))  # /explain: a model of its own, loaded on the first call
+    error_handlers(app, served.expected)
+    page_routes(app, served)
+    search_routes(app, served)
+    upload_route(app, served)
+    item_routes(app, served)
+    explain_route(app, served.explainers)
+    return app
+
+
+def error_handlers(app, expected: dict[str, str]) -> None:
+    """Every error as one line of text (``Detail``), and a 405's ``Allow`` naming every method of the path."""
 
     @app.exception_handler(RequestValidationError)
     async def one_line(request, exc: RequestValidationError):
@@ -432,57 +489,44 @@ def create_app(index, plugins=None):
             exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed_methods(app, request.scope))}
         return await http_exception_handler(request, exc)
 
-    def check_target(target: str | None) -> str | None:
-        if target is not None and target not in modalities:
-            raise HTTPException(422, f"target: expected one of {', '.join(modalities)}, got '{target[:40]}'")
-        return target
 
-    def present(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [public(r) | {"rank": r["rank"], "score": r["score"]} for r in results]
-
-    def public(meta: dict[str, Any]) -> dict[str, Any]:
-        item = {k: meta[k] for k in PUBLIC_FIELDS if k in meta}
-        if "path" in meta:
-            item["file"] = Path(meta["path"]).name  # a name, never a server path
-        kind = index.media_type(meta)
-        if kind:
-            item["media_url"], item["media_type"] = f"/items/{meta['id']}/media", kind
-        return item
-
-    def run(query_modality: str, query: Any, k: int, target: str | None) -> dict[str, Any]:
-        try:
-            with lock:
-                results = index.search(query_modality, query, k, target)
-                notes = index.query_warnings(query_modality, query)
-        except XmcoreError as exc:
-            raise HTTPException(422, str(exc)) from None
-        return {"query": {"modality": query_modality, "k": k, "target": target or index.default_target(query_modality)},
-                "results": present(results), "warnings": notes}
+def page_routes(app, served: Served) -> None:
+    """``GET /`` (the search page) and ``GET /health``."""
+    index = served.index
+    page = files("xmcore.search").joinpath("page.html").read_text(encoding="utf-8")
 
     @app.get("/", response_class=HTMLResponse)
-    def page() -> str:
-        uploads = [{"modality": m, "accept": upload_accept(index, m)} for m in file_modalities]
-        return (PAGE.replace('"{{modalities}}"', json.dumps(modalities).replace("<", "\\u003c"))
+    def search_page() -> str:
+        uploads = [{"modality": m, "accept": upload_accept(index, m)} for m in served.file_modalities]
+        return (page.replace('"{{modalities}}"', json.dumps(served.modalities).replace("<", "\\u003c"))
                 .replace('"{{uploads}}"', json.dumps(uploads).replace("<", "\\u003c"))
-                .replace('"{{explainable}}"', json.dumps(explainers.explainable()).replace("<", "\\u003c")))
+                .replace('"{{explainable}}"', json.dumps(served.explainers.explainable()).replace("<", "\\u003c")))
 
     @app.get("/health", response_model=None, responses={200: {"model": Health}})
     def health() -> dict[str, Any]:
         return {"status": "ok", "modalities": index.describe(), "model": index.manifest["model"]["recipe"],
-                "query_files": file_modalities, "preprocessing": index.preprocessing()}
+                "query_files": served.file_modalities, "preprocessing": index.preprocessing()}
+
+
+def search_routes(app, served: Served) -> None:
+    """``GET /search?text=...``: a search by words."""
 
     @app.get("/search", response_model=None, responses={200: {"model": Answer}, **refusals(s422=BAD_INPUT)})
     def search_text(
         text: str = Query(..., min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S",
                           description="the words to search for (not only spaces)"),
         k: int = Query(10, ge=1, le=MAX_K, description="how many results"),
-        target: str = Query(None, max_length=40, json_schema_extra={"enum": modalities},
+        target: str = Query(None, max_length=40, json_schema_extra={"enum": served.modalities},
                             description="the modality to search (default: another than the query's)"),
     ) -> dict[str, Any]:
         if not text.strip():
             raise HTTPException(422, "text: the query is empty")
-        return run("text", text, k, check_target(target))
+        return served.run("text", text, k, served.check_target(target))
 
+
+def upload_route(app, served: Served) -> None:
+    """``POST /search``: a search by an example file, in a form field named by its modality."""
+    file_modalities, modalities = served.file_modalities, served.modalities
     form_schema = {"type": "object", "properties": {
         **{m: {"type": "string", "format": "binary", "minLength": 1, "description": f"a {m} file (give one file)"}
            for m in file_modalities},
@@ -504,55 +548,58 @@ def create_app(index, plugins=None):
                                      description="or in the form"),
     ) -> dict[str, Any]:
         """A query file in a form field named by its modality (``image=``...); k and target in the form or the query string."""
-        fields, modality, data = await read_form(request)
-        k = either("k", form_k(fields.get("k")), k_in_query, 10)
-        target = either("target", form_target(fields.get("target")), target_in_query, None)
+        fields, modality, data = await read_form(request, file_modalities, served.expected["file"])
+        k = either("k", form_k(fields.get("k"), served.expected["k"]), k_in_query, 10)
+        target = either("target", form_target(fields.get("target"), served.expected["target"]), target_in_query, None)
         if len(data) > MAX_UPLOAD_BYTES:
             raise HTTPException(413, f"{modality}: larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB")
         if not data:
             raise HTTPException(422, f"{modality}: the upload is empty")
-        query = await run_in_threadpool(decode, modality, data)
-        return await run_in_threadpool(run, modality, query, k, check_target(target))
+        query = await run_in_threadpool(served.decode, modality, data)
+        return await run_in_threadpool(served.run, modality, query, k, served.check_target(target))
 
-    async def read_form(request) -> tuple[dict[str, str], str, bytes]:
-        """The form's text fields, and its one file's modality and bytes (at most one byte over the limit)."""
-        try:
-            async with request.form(max_files=4, max_fields=16) as form:
-                items = form.multi_items()
-                files = [(name, value) for name, value in items if isinstance(value, UploadFile)]
-                if len(files) != 1 or files[0][0] not in file_modalities:
-                    raise HTTPException(422, expected["file"])
-                fields = {name: value for name, value in items if isinstance(value, str)}
-                return fields, files[0][0], await files[0][1].read(MAX_UPLOAD_BYTES + 1)
-        except (_TooLarge, HTTPException):
-            raise
-        except Exception:  # noqa: BLE001 -- a malformed multipart body, whatever the parser says of it
-            raise HTTPException(422, f"not a readable multipart form; {expected['file']}") from None
 
-    def form_k(value: str | None) -> int | None:
-        if value is None:
-            return None
-        if not value.strip().isdigit() or not 1 <= int(value) <= MAX_K:
-            raise HTTPException(422, f"k: {expected['k']}")
-        return int(value)
+async def read_form(request, file_modalities: list[str], expected: str) -> tuple[dict[str, str], str, bytes]:
+    """The form's text fields, and its one file's modality and bytes (at most one byte over the limit)."""
+    try:
+        async with request.form(max_files=4, max_fields=16) as form:
+            items = form.multi_items()
+            files = [(name, value) for name, value in items if isinstance(value, UploadFile)]
+            if len(files) != 1 or files[0][0] not in file_modalities:
+                raise HTTPException(422, expected)
+            fields = {name: value for name, value in items if isinstance(value, str)}
+            return fields, files[0][0], await files[0][1].read(MAX_UPLOAD_BYTES + 1)
+    except (_TooLarge, HTTPException):
+        raise
+    except Exception:  # noqa: BLE001 -- a malformed multipart body, whatever the parser says of it
+        raise HTTPException(422, f"not a readable multipart form; {expected}") from None
 
-    def form_target(value: str | None) -> str | None:
-        if value is not None and len(value) > 40:
-            raise HTTPException(422, f"target: {expected['target']}")
-        return value
 
-    def either(name: str, in_form, in_query, default):
-        if in_form is not None and in_query is not None and in_form != in_query:
-            raise HTTPException(422, f"{name}: given twice with different values (form and query string); give it once")
-        return in_form if in_form is not None else in_query if in_query is not None else default
+def form_k(value: str | None, expected: str) -> int | None:
+    if value is None:
+        return None
+    if not value.strip().isdigit() or not 1 <= int(value) <= MAX_K:
+        raise HTTPException(422, f"k: {expected}")
+    return int(value)
 
-    def decode(modality: str, data: bytes):
-        try:
-            return index.read_query(modality, io.BytesIO(data))
-        except QueryError as exc:
-            raise HTTPException(413 if exc.too_large else 422, f"{modality}: {exc}") from None
-        except XmcoreError as exc:
-            raise HTTPException(422, f"{modality}: {exc}") from None
+
+def form_target(value: str | None, expected: str) -> str | None:
+    if value is not None and len(value) > 40:
+        raise HTTPException(422, f"target: {expected}")
+    return value
+
+
+def either(name: str, in_form, in_query, default):
+    if in_form is not None and in_query is not None and in_form != in_query:
+        raise HTTPException(422, f"{name}: given twice with different values (form and query string); give it once")
+    return in_form if in_form is not None else in_query if in_query is not None else default
+
+
+def item_routes(app, served: Served) -> None:
+    """``GET /items/{id}`` (an item's metadata) and ``GET /items/{id}/media`` (its file, if the index lists one)."""
+    index = served.index
+    types = sorted({t for e in index.manifest["modalities"].values() for t in e.get("media_types", [])})
+    binary = {"schema": {"type": "string", "format": "binary"}}
 
     @app.get("/items/{item_id}", response_model=None, responses={
         200: {"model": Item}, **refusals(s404="no such item in this index", s422=BAD_INPUT)})
@@ -560,14 +607,11 @@ def create_app(index, plugins=None):
         meta = index.by_id.get(item_id)
         if meta is None:
             raise HTTPException(404, f"no item '{item_id[:80]}' in this index")
-        return public(meta)
-
-    served = sorted({t for e in index.manifest["modalities"].values() for t in e.get("media_types", [])})
-    binary = {"schema": {"type": "string", "format": "binary"}}
+        return served.public(meta)
 
     @app.get("/items/{item_id}/media", response_class=Response, responses={
         200: {"description": "the item's file, as its media type", "content": {
-            t: binary for t in served or ["*/*"]}},  # an index that lists no media types: any servable type
+            t: binary for t in types or ["*/*"]}},  # an index that lists no media types: any servable type
         **refusals(s404="no such item, or no intact file of it that the index serves", s422=BAD_INPUT)})
     def media(item_id: str):
         meta = index.by_id.get(item_id)
@@ -577,16 +621,9 @@ def create_app(index, plugins=None):
         path, kind = found
         return FileResponse(path, media_type=kind, headers={"X-Content-Type-Options": "nosniff"})
 
-    explain_route(app, explainers)
-
-    return app
-
 
 def explain_route(app, explainers: Explainers) -> None:
     """``GET /explain`` on ``app``: the route, its parameters and the responses the OpenAPI schema declares."""
-    from fastapi import HTTPException, Query, Request
-    from fastapi.responses import Response
-
     refusals = {404: "no such item in this index", 409: "the index's stored model or the item's file is missing or damaged",
                 422: "bad input: an empty or missing text, an unknown method, an item of a modality no installed explainer "
                      "maps (a text), format=png for a map that is neither over a picture nor on a canvas"}
@@ -662,167 +699,3 @@ def serve(index_dir: Path, plugins, host: str = "127.0.0.1", port: int = 8000) -
         uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run(sockets=[sock])
     finally:
         sock.close()
-
-
-PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>xmcore search</title>
-<style>
-  body { font-family: system-ui, sans-serif; margin: 0; background: #f6f7f9; color: #1d2330; }
-  header { background: #1d2330; color: #fff; padding: 14px 24px; }
-  header h1 { margin: 0; font-size: 20px; }
-  form { display: flex; gap: 10px; flex-wrap: wrap; align-items: center; padding: 16px 24px; background: #fff;
-         border-bottom: 1px solid #dde1e7; }
-  input[type=text] { flex: 1 1 320px; font-size: 16px; padding: 8px 10px; border: 1px solid #b9c0cc; border-radius: 6px; }
-  button { font-size: 15px; padding: 8px 14px; border: 0; border-radius: 6px; background: #2d6cdf; color: #fff; cursor: pointer; }
-  label { font-size: 14px; }
-  #status { padding: 8px 24px; color: #566; min-height: 20px; }
-  #results { display: grid; grid-template-columns: repeat(auto-fill, minmax(170px, 1fr)); gap: 14px; padding: 8px 24px 24px; }
-  .card { background: #fff; border: 1px solid #dde1e7; border-radius: 8px; padding: 8px; }
-  .card img { width: 100%; aspect-ratio: 1; object-fit: contain; background: #eef0f3; border-radius: 4px;
-              image-rendering: pixelated; }
-  .card .player { width: 100%; }
-  #uploads label { margin-right: 6px; }
-  .score { font-weight: 600; font-size: 13px; }
-  .caption { font-size: 13px; margin-top: 4px; }
-  .id { color: #778; font-size: 12px; }
-  .frame { position: relative; }
-  .frame img.heat { position: absolute; inset: 0; height: 100%; image-rendering: auto; }
-  .frame img.heat.below { position: static; height: auto; aspect-ratio: auto; margin-top: 4px; }
-  button.why { font-size: 12px; padding: 2px 8px; margin-top: 4px; background: #5b6475; }
-  button.why[aria-pressed=true] { background: #2d6cdf; }
-  .why-words { font-size: 13px; margin-top: 4px; }
-  .why-words span.word { padding: 0 2px; border-radius: 3px; }
-  .why-note { color: #a33; font-size: 12px; }
-</style>
-</head>
-<body>
-<header><h1>xmcore search</h1></header>
-<form id="text-form">
-  <input type="text" id="query" name="text" maxlength="1000" placeholder="describe what you are looking for" autofocus>
-  <label>in <select id="target"></select></label>
-  <label>k <input type="number" id="k" value="12" min="1" max="100" style="width:4em"></label>
-  <button type="submit" id="search-button">Search</button>
-  <span id="uploads"></span>
-</form>
-<div id="status"></div>
-<div id="results"></div>
-<script>
-const modalities = "{{modalities}}";
-const uploads = "{{uploads}}";  // [{modality, accept}]: the modalities whose files the index reads
-const explainable = "{{explainable}}";  // the modalities whose results /explain maps against words
-const target = document.getElementById("target");
-for (const m of modalities) {
-  const o = document.createElement("option"); o.value = m; o.textContent = m === "image" ? "images" : m === "text" ? "captions" : m;
-  target.appendChild(o);
-}
-const status = document.getElementById("status"), results = document.getElementById("results");
-let searched = null;  // the text of the last search by words: what "why?" explains a picture against
-function show(data) {
-  results.replaceChildren();
-  for (const r of data.results) {
-    const card = document.createElement("div"); card.className = "card"; card.dataset.id = r.id;
-    const shown = media(r);
-    if (shown) { const frame = document.createElement("div"); frame.className = "frame"; frame.appendChild(shown); card.appendChild(frame); }
-    const score = document.createElement("div"); score.className = "score"; score.textContent = "#" + r.rank + "  " + r.score.toFixed(3);
-    card.appendChild(score);
-    const words = r.caption || r.file;
-    if (words) { const c = document.createElement("div"); c.className = "caption"; c.textContent = words; card.appendChild(c); }
-    const id = document.createElement("div"); id.className = "id"; id.textContent = r.id + (r.label !== undefined ? "  label " + r.label : "");
-    card.appendChild(id);
-    if (searched !== null && shown && explainable.includes(r.modality)) card.appendChild(whyButton(card, r.id, searched));
-    results.appendChild(card);
-  }
-  status.textContent = data.results.length + " results in " + data.query.target
-    + (data.warnings && data.warnings.length ? "  \u2014  note: " + data.warnings.join("; ") : "");
-}
-function media(r) {  // by the media type: a picture, or a media element (with controls) of its kind
-  if (!r.media_url || !r.media_type) return null;
-  const kind = r.media_type.split("/")[0];
-  if (kind === "image") { const img = document.createElement("img"); img.src = r.media_url; img.alt = r.id; return img; }
-  let player;
-  try { player = document.createElement(kind); } catch (e) { return null; }
-  if (!(player instanceof HTMLMediaElement)) return null;
-  player.className = "player"; player.controls = true; player.preload = "metadata"; player.src = r.media_url;
-  return player;
-}
-function whyButton(card, id, text) {  // lays /explain's heatmap over the picture and colours the words; again: off
-  const button = document.createElement("button"); button.type = "button"; button.className = "why";
-  button.textContent = "why?"; button.title = "where in the picture and which words make it match";
-  button.setAttribute("aria-pressed", "false");
-  button.addEventListener("click", async () => {
-    const on = card.querySelectorAll(".heat, .why-words, .why-note");
-    if (on.length) { on.forEach(e => e.remove()); button.setAttribute("aria-pressed", "false"); return; }
-    button.disabled = true; button.textContent = "why? \u2026";
-    const params = new URLSearchParams({item: id, text: text});
-    try {
-      const response = await fetch("/explain?" + params + "&format=json");
-      const data = await response.json();
-      if (!response.ok) throw new Error(typeof data.detail === "string" ? data.detail : response.statusText);
-      const frame = card.querySelector(".frame"), heat = document.createElement("img");
-      heat.className = frame.firstChild instanceof HTMLImageElement ? "heat" : "heat below";  // over a picture, under a player
-      heat.alt = "heatmap: " + data.method + ", score " + data.score.toFixed(3); heat.src = "/explain?" + params + "&format=png";
-      frame.appendChild(heat);
-      card.insertBefore(wordsLine(text, data), button);
-      button.setAttribute("aria-pressed", "true");
-    } catch (e) {
-      const note = document.createElement("div"); note.className = "why-note"; note.textContent = e.message;
-      card.appendChild(note); button.setAttribute("aria-pressed", "true");
-    } finally { button.disabled = false; button.textContent = "why?"; }
-  });
-  return button;
-}
-function wordsLine(text, data) {  // the query, each word green (raises the score) or red, as strong as its share of the strongest
-  const line = document.createElement("div"); line.className = "why-words";
-  const chars = Array.from(text);  // the server counts code points
-  const strongest = Math.max(0, ...data.words.filter(w => w.read).map(w => Math.abs(w.attribution)));
-  let at = 0;
-  for (const w of data.words) {
-    line.append(chars.slice(at, w.start).join(""));
-    const span = document.createElement("span"); span.className = "word"; span.textContent = chars.slice(w.start, w.end).join("");
-    const strength = w.read && strongest > 0 ? Math.abs(w.attribution) / strongest : 0;
-    span.style.backgroundColor = (w.attribution >= 0 ? "rgba(44, 160, 44, " : "rgba(214, 39, 40, ") + strength.toFixed(3) + ")";
-    span.dataset.attribution = w.attribution; span.title = w.read ? (w.attribution >= 0 ? "+" : "") + w.attribution.toFixed(4) : "not read by the model";
-    line.appendChild(span); at = w.end;
-  }
-  line.append(chars.slice(at).join(""));
-  if (!data.words.length) line.title = data.notes.join("; ");
-  return line;
-}
-async function answer(response) {
-  const data = await response.json();
-  if (!response.ok) { status.textContent = "error: " + (typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail)); return; }
-  show(data);
-}
-document.getElementById("text-form").addEventListener("submit", async (e) => {
-  e.preventDefault();
-  const q = document.getElementById("query").value;
-  if (!q.trim()) { status.textContent = "type something to search for"; return; }
-  status.textContent = "searching...";
-  const params = new URLSearchParams({text: q, k: document.getElementById("k").value, target: target.value});
-  searched = q;
-  await answer(await fetch("/search?" + params));
-});
-const uploadsBox = document.getElementById("uploads");
-if (uploads.length) uploadsBox.append("or by example: ");
-for (const u of uploads) {
-  const label = document.createElement("label"), input = document.createElement("input");
-  input.type = "file"; input.id = "file-" + u.modality; input.dataset.modality = u.modality;
-  if (u.accept) input.accept = u.accept;
-  label.append(u.modality + " ", input); uploadsBox.appendChild(label);
-  input.addEventListener("change", async (e) => {
-    const file = e.target.files[0]; if (!file) return;
-    status.textContent = "searching..."; searched = null;
-    const body = new FormData(); body.append(u.modality, file); body.append("k", document.getElementById("k").value);
-    body.append("target", target.value);
-    await answer(await fetch("/search", {method: "POST", body}));
-  });
-}
-target.value = modalities.includes("image") ? "image" : modalities[0];
-</script>
-</body>
-</html>
-"""
