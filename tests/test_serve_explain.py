@@ -223,3 +223,21 @@ def test_why_on_the_search_page_in_a_real_browser(server, browser, texts):  # no
     assert any(not colour.endswith(", 0)") and colour != "rgba(0, 0, 0, 0)" for _, colour in words), words
     button.click()  # off again
     assert browser.execute_script(f"return {card}.querySelectorAll('.heat, .why-words').length", button) == 0
+
+
+def test_a_sound_is_explained_on_what_its_encoder_read(audio_index, plugins):
+    """A gallery of clips: the map lies on the clip's spectrogram (JSON says where), the PNG is that figure,
+    and the page offers "why?" for sound results."""
+    from fastapi.testclient import TestClient
+
+    from xmcore.index import SearchIndex
+    from xmcore.search.server import create_app
+
+    client = TestClient(create_app(SearchIndex(audio_index, plugins), plugins))
+    params = {"item": "audio-3", "text": lines(audio_index / "metadata" / "text.jsonl")[0]["caption"]}
+    body = client.get("/explain", params=params).json()
+    assert body["modality"] == "audio" and body["method"] == "occlusion" and body["words"]
+    assert body["map"]["axes"]["xlabel"] and np.array(body["map"]["values"]).std() > 0
+    figure = client.get("/explain", params={**params, "format": "png"})
+    assert figure.status_code == 200 and Image.open(io.BytesIO(figure.content)).size[0] > 300
+    assert 'const explainable = ["audio"];' in client.get("/").text
