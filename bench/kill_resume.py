@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="keep the run directories here")
     args = parser.parse_args(argv)
 
+    began = time.perf_counter()
     size = [] if args.full else [f"data.train={args.train}"]
     recipe_args = [RECIPE, *size, *QUIET, f"checkpoint.every_n_steps={args.every_n_steps}"]
     work = args.keep or Path(tempfile.mkdtemp(prefix="xmcore-kill-"))
@@ -310,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         print("| " + " | ".join(str(row[c]) if c != "ok" else ("yes" if row[c] else "NO") for c in columns) + " |")
     passed = sum(r["ok"] for r in rows)
     print(f"\n{passed}/{len(rows)} trials passed (metrics within {TOLERANCE:g} of the uninterrupted run, no "
-          f"half-written file); load average {os.getloadavg()[0]:.1f}")
+          f"half-written file); {time.perf_counter() - began:.0f} s in all, load average {os.getloadavg()[0]:.1f}")
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0 if passed == len(rows) else 1
