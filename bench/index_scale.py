@@ -13,15 +13,23 @@ embedding   items/s embedding one gallery on 1 and on 2 processes, side by side.
             1e-6).  The gallery is the quickstart's generated test split, ``data.test`` raised to --images
             pictures (5 captions each), embedded by a quickstart model trained here for one short epoch
             unless --run names one.
+memory      a memory-bounded IVF-PQ build (xmcore.search.ivf, inverted lists on disk) of --vectors synthetic
+            embeddings (clustered as in bench/ann.py), written as .npy shards one at a time: its peak RSS
+            against --max-memory, recall@10 and queries/s against exact search (a flat index per shard, the
+            top k merged by faiss.ResultHeap) on the same data, and the peak of the in-memory build beside it.
+            Bars (issue 15): peak <= 2 GB, recall@10 >= 0.90 at >= 20x exact's QPS, at 5M x 256.
 
     python bench/index_scale.py                                   # every section
     python bench/index_scale.py --section embedding --images 1000
     python bench/index_scale.py --section embedding --run runs/quickstart-... --threads 2
+    python bench/index_scale.py --section memory --threads 1 --work /tmp/vectors   # 5M x 256: about an hour here
+    python bench/index_scale.py --section memory --vectors 500000 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import socket
@@ -133,7 +141,184 @@ def _print_embedding(args, rows, same: bool) -> None:
     print(f"the 2-process index {'equals' if same else 'DIFFERS FROM'} the 1-process one (embeddings to 1e-6)")
 
 
-SECTIONS = {"embedding": section_embedding}
+def section_memory(args, work: Path) -> bool:
+    """A memory-bounded, on-disk IVF-PQ build of --vectors synthetic embeddings (clustered as in bench/ann.py)
+    written as shards on disk, against exact search and against the in-memory build of the same vectors;
+    ``True`` when the bars hold: build peak <= --max-memory, recall@10 >= 0.90 at >= 20x exact's QPS.
+
+    Each step runs in a process of its own, one after another, so that its peak RSS (ru_maxrss) is its own.
+    The in-memory build loads every vector and adds them to the bounded build's trained (empty) index: its
+    peak is what holding the vectors costs; training again would only add its sample (0.3 GB at 5M)."""
+    from xmcore.search.ivf import parse_memory
+
+    budget = parse_memory(args.max_memory)
+    if args.work:  # kept: a rerun reuses the shards, the queries and exact search's answers
+        work = Path(args.work)
+    shards, counts = _write_vector_shards(work / "embeddings", args.vectors, args.dim, args.rows_per_shard)
+    if not (work / "queries.npy").is_file():
+        np.save(work / "queries.npy", _bench_vectors(args.queries, args.dim, seed=1))
+    queries = np.load(work / "queries.npy")
+    print(f"\nmemory: {args.vectors:,} vectors of d={args.dim} in {len(shards)} shards of {args.rows_per_shard:,}, "
+          f"{len(queries)} queries, --max-memory {args.max_memory}, {args.threads} thread(s) a process", flush=True)
+    exact = _child("exact", work, args)
+    bounded = _child("bounded", work, args)
+    print(bounded["why"], flush=True)
+    in_memory = _child("in_memory", work, args)
+    truth = np.load(work / "truth.npy")
+    rows = _search_rows(work / "bounded", bounded, queries, truth, exact["qps"], args.threads)
+    return _print_memory(args, budget, exact, bounded, in_memory, rows)
+
+
+def _bench_vectors(n: int, d: int, seed: int) -> np.ndarray:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from ann import embeddings  # clustered near a 32-dimensional subspace, as trained embeddings are
+
+    return embeddings(n, d, seed=seed)
+
+
+def _write_vector_shards(folder: Path, n: int, d: int, rows: int) -> tuple[list[Path], list[int]]:
+    """``n`` vectors as .npy shards of ``rows``, made one shard at a time (never all in memory)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files, counts = [], []
+    if len(list(folder.glob("vectors-*.npy"))) == -(-n // rows):
+        return _shard_list(folder.parent)
+    started = time.perf_counter()
+    for k, lo in enumerate(range(0, n, rows)):
+        m = min(rows, n - lo)
+        files.append(folder / f"vectors-{k:05d}.npy")
+        np.save(files[-1], _bench_vectors(m, d, seed=1000 + k))
+        counts.append(m)
+    print(f"wrote {n:,} vectors in {time.perf_counter() - started:.0f} s", flush=True)
+    return files, counts
+
+
+def _shard_list(work: Path) -> tuple[list[Path], list[int]]:
+    files = sorted((work / "embeddings").glob("vectors-*.npy"))
+    return files, [int(np.load(f, mmap_mode="r").shape[0]) for f in files]
+
+
+def _child(kind: str, work: Path, args) -> dict:
+    return _children([(kind, work, args)])[0]
+
+
+def _children(jobs) -> list[dict]:
+    """Each job in a fresh process (its peak RSS is its own: ru_maxrss); what each prints last, as JSON."""
+    procs = []
+    for kind, work, args in jobs:
+        code = (f"import sys, json; sys.path.insert(0, {str(ROOT / 'bench')!r}); import index_scale as b; "
+                f"print(json.dumps(b._memory_job({kind!r}, b.Path({str(work)!r}), {args.max_memory!r}, {args.k})))")
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True))
+    out = []
+    for proc in procs:
+        stdout, _ = proc.communicate(timeout=4 * 3600)
+        if proc.returncode != 0:
+            sys.exit(f"a memory-section child failed (exit {proc.returncode})")
+        out.append(json.loads(stdout.strip().splitlines()[-1]))
+    return out
+
+
+def _memory_job(kind: str, work: Path, max_memory: str, k: int) -> dict:
+    """In a child process: ``exact`` (brute force over the shards, a flat index per shard, the top k merged
+    by faiss.ResultHeap), ``bounded`` (xmcore's memory-bounded on-disk build) or ``in_memory`` (every vector
+    loaded, then the same IVF-PQ trained and filled in memory, as a plain ``xmcore index --index ivfpq``)."""
+    import resource
+
+    import faiss
+
+    from xmcore.search import ivf
+
+    files, counts = _shard_list(work)
+    started = time.perf_counter()
+    result: dict = {}
+    if kind == "exact" and (work / "exact.json").is_file():
+        return json.loads((work / "exact.json").read_text())
+    if kind == "exact":
+        queries = np.load(work / "queries.npy")
+        heap, searching = faiss.ResultHeap(len(queries), k, keep_max=True), 0.0
+        for file, offset in zip(files, np.cumsum([0, *counts[:-1]]), strict=True):
+            index = faiss.IndexFlatIP(queries.shape[1])
+            index.add(np.load(file))
+            t = time.perf_counter()
+            scores, ids = index.search(queries, k)
+            heap.add_result(scores, ids + int(offset))
+            searching += time.perf_counter() - t
+        heap.finalize()
+        np.save(work / "truth.npy", heap.I)
+        result = {"qps": len(queries) / searching, "search_s": searching}
+        (work / "exact.json").write_text(json.dumps(result))
+    else:
+        if kind == "bounded":
+            plan = ivf.plan_ivf(int(sum(counts)), int(np.load(files[0], mmap_mode="r").shape[1]),
+                                ivf.parse_memory(max_memory), on_disk=True)
+            parts = ivf.build_parts(files, counts, work / "bounded", "faiss/vectors", 1, plan=plan, on_disk=True)
+            result = {"why": plan.why, "entry": {"shards": parts, "on_disk": True}, "nprobe": plan.nprobe,
+                      "bytes": sum((work / "bounded" / n).stat().st_size for p in parts for n in (p["file"], p["ivfdata"]))}
+        else:  # the bounded build's trained quantizer and PQ, empty lists in memory: the adding compared alone
+            index = faiss.read_index(str(work / "bounded" / "faiss" / "vectors.index"), faiss.IO_FLAG_SKIP_IVF_DATA)
+            ivf_index = faiss.extract_index_ivf(index)
+            lists = faiss.ArrayInvertedLists(ivf_index.nlist, ivf_index.code_size)
+            ivf_index.replace_invlists(lists, True)
+            lists.this.disown()  # the index owns them now
+            ivf_index.ntotal = index.ntotal = 0
+            started = time.perf_counter()
+            vectors = np.concatenate([np.load(f) for f in files])
+            index.add(vectors)
+            result = {"ntotal": int(index.ntotal)}
+    result.update(seconds=time.perf_counter() - started,
+                  peak_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return result
+
+
+def _search_rows(folder: Path, bounded: dict, queries: np.ndarray, truth: np.ndarray, exact_qps: float,
+                 threads: int) -> list[tuple]:
+    """recall@k and QPS of the on-disk index (its lists memory-mapped) at nprobe / 2, nprobe and 2 nprobe."""
+    import faiss
+
+    from xmcore.search import ivf
+
+    faiss.omp_set_num_threads(threads)
+    rows = []
+    for nprobe in (max(1, bounded["nprobe"] // 2), bounded["nprobe"], 2 * bounded["nprobe"]):
+        def configure(index, nprobe=nprobe):
+            faiss.extract_index_ivf(index).nprobe = nprobe
+            ivf.set_quantizer_search(index, nprobe)
+
+        index = ivf.open_index(folder, bounded["entry"], configure)
+        index.search(queries, truth.shape[1])  # the lists' pages into the page cache, as a serving process has them
+        best, ids = float("inf"), None
+        for _ in range(3):
+            t = time.perf_counter()
+            _, ids = index.search(queries, truth.shape[1])
+            best = min(best, time.perf_counter() - t)
+        recall = float(np.mean([len(set(f) & set(t)) / truth.shape[1] for f, t in zip(ids, truth, strict=True)]))
+        rows.append((nprobe, recall, len(queries) / best, len(queries) / best / exact_qps))
+    return rows
+
+
+def _print_memory(args, budget: int, exact: dict, bounded: dict, in_memory: dict, rows: list[tuple]) -> bool:
+    print(f"load average {load_average()}; {args.threads} thread(s) a process")
+    print("| build | peak RSS | wall s | index on disk |")
+    print("|---|---:|---:|---:|")
+    print(f"| memory-bounded, lists on disk (xmcore) | {bounded['peak_bytes'] / 1e9:.2f} GB | {bounded['seconds']:.0f} | "
+          f"{bounded['bytes'] / 1e9:.2f} GB ({bounded['bytes'] / args.vectors:.0f} B a vector) |")
+    print(f"| in memory (every vector loaded, then added; training not repeated) | {in_memory['peak_bytes'] / 1e9:.2f} GB | "
+          f"{in_memory['seconds']:.0f} | - |")
+    print(f"exact search (a flat index per shard, faiss.ResultHeap): {exact['qps']:.1f} queries/s")
+    print("| nprobe | recall@10 | queries/s | x exact |")
+    print("|---:|---:|---:|---:|")
+    for nprobe, recall, qps, speedup in rows:
+        print(f"| {nprobe}{' (chosen)' if nprobe == bounded['nprobe'] else ''} | {recall:.3f} | {qps:,.0f} | {speedup:.0f}x |")
+    chosen = next(r for r in rows if r[0] == bounded["nprobe"])
+    bars = {f"peak RSS {bounded['peak_bytes'] / 1e9:.2f} GB <= {budget / 1e9:.2f} GB": bounded["peak_bytes"] <= budget,
+            f"recall@10 {chosen[1]:.3f} >= 0.90": chosen[1] >= 0.90,
+            f"{chosen[3]:.0f}x exact's QPS >= 20x": chosen[3] >= 20}
+    for bar, ok in bars.items():
+        print(f"{'PASS' if ok else 'FAIL'}: {bar}")
+    return all(bars.values())
+
+
+SECTIONS = {"embedding": section_embedding, "memory": section_memory}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,6 +330,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=2, help="embedding: runs of each setting, the best kept (default 2)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="embedding: threads in all, shared out among the processes (default: the cores)")
+    parser.add_argument("--vectors", type=int, default=5_000_000, help="memory: synthetic vectors (default 5,000,000)")
+    parser.add_argument("--dim", type=int, default=256, help="memory: their dimension (default 256)")
+    parser.add_argument("--rows-per-shard", type=int, default=50_000, help="memory: rows per embeddings shard (default 50000)")
+    parser.add_argument("--max-memory", default="2GB", help="memory: the build's budget (default 2GB)")
+    parser.add_argument("--queries", type=int, default=300, help="memory: queries against exact search (default 300)")
+    parser.add_argument("-k", type=int, default=10, help="memory: recall@k (default 10)")
+    parser.add_argument("--work", help="memory: a folder that keeps the shards, queries and exact answers (a rerun reuses them)")
     args = parser.parse_args(argv)
     ok = True
     with tempfile.TemporaryDirectory(prefix="index-scale-") as tmp:

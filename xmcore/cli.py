@@ -86,8 +86,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="the gallery as recipe keys (default: the run's own dataset), e.g. data.name=imagefolder data.root=photos")
     idx.add_argument("--split", default="all", help="comma-separated splits to index, or 'all' (default)")
     idx.add_argument("--modality", default="all", help="comma-separated modalities to index, or 'all' (default)")
-    idx.add_argument("--index", default="flat", choices=["flat", "hnsw", "ivfpq"], dest="kind",
-                     help="exact inner product (flat, default) or approximate (hnsw, ivfpq)")
+    idx.add_argument("--index", default=None, choices=["flat", "hnsw", "ivfpq"], dest="kind",
+                     help="exact inner product (flat, default) or approximate (hnsw, ivfpq; the default with "
+                     "--on-disk or --max-memory)")
     idx.add_argument("--hnsw-m", type=int, default=32, help="HNSW: links per node (default 32)")
     idx.add_argument("--ef-construction", type=int, default=200, help="HNSW: build-time candidates (default 200)")
     idx.add_argument("--ef-search", type=int, default=128, help="HNSW: search-time candidates (default 128)")
@@ -97,6 +98,14 @@ def _parser() -> argparse.ArgumentParser:
     idx.add_argument("--nprobe", type=int, default=32, help="IVF-PQ: cells visited per query (default 32)")
     idx.add_argument("--refine", type=int, default=0, help="IVF-PQ: re-rank REFINE*k candidates exactly (default 0: off)")
     idx.add_argument("--shard-size", type=int, default=50_000, help="rows per embeddings shard (default 50000)")
+    idx.add_argument("--max-memory", metavar="SIZE",
+                     help="IVF-PQ: a memory budget (e.g. 2GB) that chooses --nlist, --pq-m and the training sample as "
+                     "autofaiss does, and bounds the build: vectors are read from the shards a chunk at a time")
+    idx.add_argument("--on-disk", action="store_true",
+                     help="IVF-PQ: inverted lists in an .ivfdata file (FAISS OnDiskInvertedLists), memory-mapped by a search")
+    idx.add_argument("--shards", type=int, default=1, metavar="K",
+                     help="split each modality's FAISS index into K files (e.g. one per search machine), searched "
+                     "together and merged by FAISS's IndexShards (default 1)")
     idx.add_argument("--add", action="store_true", help="add the items to the existing index in INDEX_DIR")
 
     srch = sub.add_parser("search", help="query an index with words or a file (an image, or any modality it reads)",
@@ -301,6 +310,24 @@ def _csv(value: str) -> list[str] | None:
     return None if value == "all" else [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _index_kind(args) -> str:
+    """``--index``, ivfpq by default where --on-disk or --max-memory ask for it; they build nothing else."""
+    if args.kind in ("flat", "hnsw") and (args.on_disk or args.max_memory):
+        raise XmcoreError(f"--on-disk and --max-memory build IVF-PQ (--index ivfpq); a {args.kind} index holds every "
+                          "vector in memory: leave them out, or use --index ivfpq")
+    return args.kind or ("ivfpq" if args.on_disk or args.max_memory else "flat")
+
+
+def _max_memory(args) -> int | None:
+    from xmcore.search.ivf import parse_memory
+
+    if args.shards < 1:
+        raise XmcoreError(f"--shards: expected 1 or more FAISS files, got {args.shards}")
+    if args.add and (args.on_disk or args.max_memory or args.shards > 1):
+        raise XmcoreError("--add keeps the index's own FAISS files; --on-disk, --shards and --max-memory shape a new index")
+    return parse_memory(args.max_memory) if args.max_memory else None
+
+
 def cmd_index(args) -> int:
     from xmcore.search import IndexOptions, build_index
     from xmcore.plugins import load_plugins
@@ -312,9 +339,10 @@ def cmd_index(args) -> int:
         raise XmcoreError(f"--nbits: expected 1 to 16 bits per code, got {args.nbits}")
     if args.refine < 0:
         raise XmcoreError(f"--refine: expected 0 (off) or a positive factor, got {args.refine}")
-    options = IndexOptions(kind=args.kind, hnsw_m=args.hnsw_m, ef_construction=args.ef_construction,
+    options = IndexOptions(kind=_index_kind(args), hnsw_m=args.hnsw_m, ef_construction=args.ef_construction,
                            ef_search=args.ef_search, nlist=args.nlist, pq_m=args.pq_m, nbits=args.nbits,
-                           nprobe=args.nprobe, refine=args.refine)
+                           nprobe=args.nprobe, refine=args.refine, shards=args.shards, on_disk=args.on_disk,
+                           max_memory=_max_memory(args))
     manifest = build_index(args.run_dir, args.out, load_plugins(), overrides=args.data, splits=_csv(args.split),
                            modalities=_csv(args.modality), options=options, shard_size=args.shard_size, add=args.add)
     if manifest is None:  # a process other than rank 0 of a build on several: rank 0 reports

@@ -17,6 +17,7 @@ from xmcore.errors import XmcoreError
 from xmcore.io import file_sha256 as sha256
 from xmcore.search.faiss_index import IndexOptions, check_kind, new_faiss_index, read_faiss, train_sample, write_faiss
 from xmcore.search.folder import Build, metadata_part, previous_index, resume_state, write_manifest
+from xmcore.search.ivf import layered, write_index_parts
 from xmcore.search.gallery import GalleryItem, embed_shards, gallery_items, metadata_lines, shard_plan, write_metadata
 from xmcore.search.query import export_model
 
@@ -165,6 +166,8 @@ def _job(checkpoint_sha: str, recipe, splits, modalities, shard_size: int, previ
 def write_modality_index(build: Build, modality: str, shards: list[dict[str, Any]], added: int) -> dict[str, Any]:
     """The modality's FAISS index (the earlier one with this build's vectors added) and its manifest entry."""
     before = build.before(modality)
+    if layered(build.options) or (before and before["index"].get("shards")):
+        return write_index_parts(build, modality, shards, added)
     first_shard = len(before["shards"]) if before else 0
     vectors = np.concatenate([np.load(build.out_dir / s["file"]) for s in shards[first_shard:]]) if added else None
     dim = int(vectors.shape[1]) if vectors is not None and len(vectors) else int(before["dim"])

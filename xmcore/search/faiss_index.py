@@ -31,6 +31,9 @@ class IndexOptions:
     nbits: int = 8  # IVF-PQ: bits per sub-quantizer code
     nprobe: int = 32  # IVF-PQ: cells visited per query (recall <-> speed)
     refine: int = 0  # IVF-PQ: re-rank refine * k candidates with the exact vectors (0: off)
+    shards: int = 1  # FAISS files per modality, searched together (xmcore.search.ivf)
+    on_disk: bool = False  # IVF-PQ: inverted lists in an .ivfdata file, memory-mapped when searched
+    max_memory: int | None = None  # IVF-PQ: a budget in bytes that chooses nlist, PQ size and the sample
 
     def params(self) -> dict[str, int]:
         if self.kind == "hnsw":

@@ -39,8 +39,10 @@ from xmcore.errors import XmcoreError
 from xmcore.io import atomic_write_bytes, file_sha256 as sha256, write_json
 from xmcore.media import item_file, servable_type
 from xmcore.search.faiss_index import IndexOptions
+from xmcore.search.ivf import index_files
 
 FORMAT = 1
+FORMAT_SHARDED = 2  # a modality's FAISS index in shards or on disk (index.shards): what format 1 readers cannot open
 BUILD_FOLDERS = ("embeddings", "metadata", "faiss", "media", "model", "building")
 
 
@@ -54,8 +56,9 @@ def read_manifest(index_dir: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise XmcoreError(f"{path}: not valid JSON ({exc}); rebuild the index") from None
-    if manifest.get("format") != FORMAT:
-        raise XmcoreError(f"{path}: index format {manifest.get('format')!r}, this xmcore reads format {FORMAT}")
+    if manifest.get("format") not in (FORMAT, FORMAT_SHARDED):
+        raise XmcoreError(f"{path}: index format {manifest.get('format')!r}, this xmcore reads formats {FORMAT} and "
+                          f"{FORMAT_SHARDED}")
     return manifest
 
 
@@ -191,13 +194,13 @@ def write_manifest(build: Build, run_dir: Path, checkpoint: Path, checkpoint_sha
     out_dir, previous = build.out_dir, build.previous
     listed = [p for p in sorted((out_dir / "model").rglob("*")) if p.is_file() and not p.name.startswith(".")]
     listed += [out_dir / rel for entry in modalities.values()
-               for rel in (entry["metadata"], entry["index"]["file"], *(s["file"] for s in entry["shards"]))]
+               for rel in (entry["metadata"], *index_files(entry["index"]), *(s["file"] for s in entry["shards"]))]
     media = sorted((out_dir / "media").glob("*")) if (out_dir / "media").is_dir() else []
     # What turns a raw item into model input (a sample rate, a window, a vocabulary): the feature cache's key,
     # and what a query file is converted to before it is embedded.
     preprocessing = {m: repr(module.encoders[m].preprocessor) for m in module.modalities}
     manifest = {
-        "format": FORMAT,
+        "format": FORMAT_SHARDED if any(e["index"].get("shards") for e in modalities.values()) else FORMAT,
         "generation": previous.get("generation", 0) + 1 if previous else 0,
         "xmcore": __version__,
         "created": previous["created"] if previous else time.strftime("%Y-%m-%dT%H:%M:%S%z"),

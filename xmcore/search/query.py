@@ -12,8 +12,8 @@ import numpy as np
 from xmcore.errors import XmcoreError
 from xmcore.io import file_sha256 as sha256, write_yaml
 from xmcore.media import query_reader, servable_type
-from xmcore.search.faiss_index import IndexOptions, read_faiss
 from xmcore.search.folder import read_manifest, verify
+from xmcore.search.ivf import open_faiss
 
 
 def export_model(module, recipe, model_dir: Path) -> None:
@@ -157,7 +157,7 @@ class SearchIndex:
                 )
         self.indexes, self.items = {}, {}
         for modality, entry in self.manifest["modalities"].items():
-            self.indexes[modality] = read_faiss(self.dir / entry["index"]["file"], IndexOptions.from_manifest(entry["index"]))
+            self.indexes[modality] = open_faiss(self.dir, entry["index"])
             with open(self.dir / entry["metadata"], encoding="utf-8") as fh:
                 self.items[modality] = [json.loads(line) for line in fh if line.strip()]
         self.by_id = {meta["id"]: meta for rows in self.items.values() for meta in rows}
@@ -204,16 +204,19 @@ class SearchIndex:
         return others[0] if others else query_modality
 
     def search(self, query_modality: str, query: Any, k: int = 10, target: str | None = None) -> list[dict[str, Any]]:
+        return self.search_many(query_modality, [query], k, target)[0]
+
+    def search_many(self, query_modality: str, queries: Sequence[Any], k: int = 10,
+                    target: str | None = None) -> list[list[dict[str, Any]]]:
+        """The results of each query, the queries embedded as one batch and searched as one matrix."""
         target = target or self.default_target(query_modality)
         if target not in self.indexes:
             raise XmcoreError(f"--target: this index holds {', '.join(self.modalities)}, not '{target}'")
-        vector = self.model.embed(query_modality, [query])
-        scores, rows = self.indexes[target].search(np.ascontiguousarray(vector, dtype=np.float32), k)
-        return [
-            {"rank": rank, "score": float(score), **self.items[target][row]}
-            for rank, (score, row) in enumerate(zip(scores[0], rows[0], strict=True), start=1)
-            if row >= 0
-        ]
+        vectors = self.model.embed(query_modality, queries)
+        scores, rows = self.indexes[target].search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        return [[{"rank": rank, "score": float(score), **self.items[target][row]}
+                 for rank, (score, row) in enumerate(zip(scores[i], rows[i], strict=True), start=1) if row >= 0]
+                for i in range(len(queries))]
 
     def query_warnings(self, query_modality: str, query: Any) -> list[str]:
         """What the query's encoder says about this query (e.g. most words unknown to it); ``[]`` when nothing."""
