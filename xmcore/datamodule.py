@@ -35,17 +35,18 @@ def derived_seed(*keys: int) -> int:
 
 @contextmanager
 def seeded_generators(seed: int) -> Iterator[None]:
-    """Python's, numpy's and torch's global generators seeded with ``seed`` inside, as they were after."""
-    py, np_state, torch_state = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    """Python's, numpy's and torch's (CPU) global generators seeded with ``seed`` inside, as they were after."""
+    cpu = torch.default_generator  # not torch.manual_seed: it seeds every device too, 100x slower
+    py, np_state, torch_state = random.getstate(), np.random.get_state(legacy=False), cpu.get_state()
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    cpu.manual_seed(seed)
     try:
         yield
     finally:
         random.setstate(py)
         np.random.set_state(np_state)
-        torch.random.set_rng_state(torch_state)
+        cpu.set_state(torch_state)
 
 
 class SeededPairs(PairDataset):
@@ -59,6 +60,8 @@ class SeededPairs(PairDataset):
         if not isinstance(key, tuple):
             return super().__getitem__(key)
         epoch, j = key
+        if self.members is None and not any(self.augment.values()):  # nothing drawn: no generators to set
+            return super().__getitem__(j)
         with seeded_generators(derived_seed(self.seed, epoch, j)):
             return super().__getitem__(j)
 
