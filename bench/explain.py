@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audio-run", type=Path, help="an audio run trained on beeps (default: train one here)")
     parser.add_argument("--audio-clips", type=int, default=60, help="two-beep clips in the sounds' pointing game")
     parser.add_argument("--audio-stride", type=float, default=0.5, help="occlusion's stride over the log-mel, as a share "
-                        "of the patch (0.5: a quarter of the default's explanations, the same peaks within a stride)")
+                        "of the patch (0.5: a quarter of the default 0.25's forward passes)")
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # each part's result as soon as it is measured, also into a file
 
