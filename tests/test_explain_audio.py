@@ -134,3 +134,54 @@ def test_explain_audio_bad_input_gets_a_clear_message_and_exit_2(capfd, trained_
         result = cli(capfd, "explain", run, *args, "--text", "a long high beep", "--out", tmp_path / "out")
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------- the report
+
+
+class _Words(torch.nn.Module):
+    """A text model of two words: "high" is the direction [1, 0], anything else [0, 1]."""
+
+    output_dim = 2
+
+    class preprocessor:  # noqa: N801 -- a stand-in with the two methods ExplainModel.batch calls
+        def __call__(self, text):
+            return text
+
+        @staticmethod
+        def collate(texts):
+            return list(texts)
+
+    preprocessor = preprocessor()
+
+    def forward(self, texts):
+        return torch.tensor([[1.0, 0.0] if "high" in t else [0.0, 1.0] for t in texts])
+
+
+def test_the_reports_explained_results_of_a_sound_lie_over_its_spectrogram(tmp_path, plugins):
+    """eval.explain: true for a first modality Grad-CAM does not explain: occlusion's maps, drawn over each clip's
+    log-mel (the canvas) in explained.png, the map of a high beep peaking in the upper bands for a "high" query."""
+    from xmcore.data import Split
+    from xmcore.explain.gallery import report_explainer
+    from xmcore.report import explained_gallery
+
+    encoder = _audio_encoder(max_seconds=2.0)
+    encoder.model, encoder.output_dim = _HighLow(), 2
+    clips = [_beeps([(1800, 0.2, 0.5)]), _beeps([(300, 0.6, 0.9)]), _beeps([(300, 0.1, 0.3), (1800, 0.7, 1.0)])]
+    texts = ["a high beep", "a low beep", "a low beep then a high one"]
+    split = Split(("audio", "text"), {"audio": clips, "text": texts}, np.arange(3))
+    embeddings = {"audio": np.eye(3, dtype=np.float32), "text": np.eye(3, dtype=np.float32)}
+    assert report_explainer(None, {"audio": encoder, "text": _Words()}, _Identity(), plugins, "audio") is None  # unset: no
+    explainer = report_explainer(True, {"audio": encoder, "text": _Words()}, _Identity(), plugins, "audio")
+    assert explained_gallery(split, embeddings, tmp_path / "explained.png", explainer, k=2) == "explained.png"
+    checked = 0
+    with np.load(tmp_path / "explained.npz") as stored:
+        assert str(stored["method"]) == "occlusion" and stored["results"].shape == (3, 2)
+        for row, query in enumerate(stored["query"]):
+            for rank, clip in enumerate(stored["results"][row]):
+                values = stored[f"map_{row}_{rank}"]
+                assert values.shape[0] == 40 and values.max() > values.min()
+                if "high" in texts[query] and clip == 0:  # the high beep alone, asked for "high"
+                    assert peak(values)[1] > 20, peak(values)
+                    checked += 1
+    assert checked == 2
