@@ -260,6 +260,8 @@ def test_explain_bad_input_gets_a_clear_message_and_exit_2(capfd, trained_run, t
         (["--image", picture, "--text", "a red square", "--method", "occlusion", "--param", "windw=0.2"],
          "--param windw: Extra inputs are not permitted"),
         (["--image", picture, "--text", "a red square", "--param", "layer=model.nope"], "layer 'model.nope'"),
+        # a value YAML reads as a date it cannot build: one line, no traceback (found by the recipe fuzzing)
+        (["--image", picture, "--text", "a red square", "--param", "layer=2020-13-45"], "--param layer: line 1, column 1: cannot read '2020-13-45' as timestamp"),
     ]
     for args, message in cases:
         result = cli(capfd, "explain", trained_run, *args, "--out", tmp_path / "out")

@@ -26,8 +26,9 @@ class Explained:
 
 def method(plugins, name: str, modality: str, option: str, params: Sequence[str] = ()):
     """The explainer component ``name`` for ``modality`` and its validated parameters (``KEY=VALUE`` words)."""
-    import yaml
     from pydantic import ValidationError
+
+    from xmcore.recipe import read_yaml
 
     registry = plugins["explainer"]
     component = registry.get(name)  # an unknown name: the installed ones and the closest match
@@ -41,7 +42,7 @@ def method(plugins, name: str, modality: str, option: str, params: Sequence[str]
         key, eq, value = word.partition("=")
         if not eq or not key:
             raise XmcoreError(f"--param: expected KEY=VALUE, got '{word}'")
-        values[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        values[key.strip()] = read_yaml(value, f"--param {key.strip()}", plain_text_ok=True) if value.strip() else None
     try:
         return component, component.params.model_validate(values)
     except ValidationError as exc:
