@@ -295,3 +295,15 @@ def test_index_and_evaluate_resolve_typed_data_paths_against_the_working_directo
     assert code == 0, err
     assert yaml.safe_load((work / "ev" / "recipe.yaml").read_text())["data"]["root"] == str(work / "photos")
     assert set(json.loads((work / "ev" / "metrics.json").read_text())) >= {"i2t/R@1", "t2i/R@1"}
+
+
+def test_compare_names_a_damaged_run_file_instead_of_a_traceback(capsys, tmp_path, trained_run):
+    """A hand-edited recipe.yaml (a date YAML cannot build) or a cut-off metrics.json: exit 2, the file named."""
+    bad_recipe, bad_metrics = tmp_path / "bad-recipe", tmp_path / "bad-metrics"
+    for folder in (bad_recipe, bad_metrics):
+        shutil.copytree(trained_run, folder)
+    (bad_recipe / "recipe.yaml").write_text("name: x\nseed: 2020-13-45\n")
+    (bad_metrics / "metrics.json").write_text('{"i2t/R@1": 0.')
+    for folder, named in ((bad_recipe, "recipe.yaml: line 2"), (bad_metrics, "metrics.json: not readable JSON")):
+        code, out, err = run(capsys, "compare", trained_run, folder, "--out", tmp_path / "cmp")
+        assert code == 2 and named in err and "Traceback" not in err, err

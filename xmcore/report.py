@@ -388,17 +388,20 @@ def compare(run_dirs: list[Path], out_dir: Path) -> tuple[str, Path]:
     """
     import json
 
-    import yaml
-
     from xmcore.errors import XmcoreError
     from xmcore.evaluation import format_metric
+    from xmcore.recipe import read_yaml
 
     runs = []
     for d in run_dirs:
         if not (d / "metrics.json").is_file():
             raise XmcoreError(f"{d}: no metrics.json; is it a finished xmcore run directory?")
-        recipe = yaml.safe_load((d / "recipe.yaml").read_text()) if (d / "recipe.yaml").is_file() else {}
-        runs.append((d, json.loads((d / "metrics.json").read_text()), _flatten(recipe)))
+        recipe = read_yaml((d / "recipe.yaml").read_text(encoding="utf-8"), str(d / "recipe.yaml")) if (d / "recipe.yaml").is_file() else {}
+        try:
+            metrics = json.loads((d / "metrics.json").read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise XmcoreError(f"{d / 'metrics.json'}: not readable JSON ({exc}); run `xmcore evaluate {d}` to write it again") from None
+        runs.append((d, metrics, _flatten(recipe if isinstance(recipe, dict) else {})))
     keys = sorted({k for _, _, r in runs for k in r})
     differing = [k for k in keys if len({json.dumps(r.get(k, _UNSET), sort_keys=True) for _, _, r in runs}) > 1
                  and k != "name"]
