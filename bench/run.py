@@ -28,7 +28,8 @@ BENCHMARKS = {
     "audio_throughput": (["--batches", "10", "--clips", "100"], ["--batches", "30", "--clips", "500"]),
     "ann": (["--n", "50000"], ["--n", "1000000"]),
     "fusion": ([], ["--full"]),
-    "explain": (["--pairs", "500", "--captions", "200", "--faithfulness", "100", "--repeat", "8"], []),
+    "explain": (["--pairs", "500", "--captions", "200", "--faithfulness", "100", "--repeat", "8", "--only", "pictures"], []),
+    "fuzz_recipes": (["--examples", "500"], []),
 }
 # the lines each benchmark prints that hold its result
 RESULT_MARKERS = ("ratio", "faster", "x python", "peak", "streaming", "full matrix", "queries/s", "bar:", "ms/clip", "load average")
