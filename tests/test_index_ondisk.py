@@ -73,7 +73,7 @@ def test_the_plan_follows_the_budget_and_says_why():
     big = plan_ivf(5_000_000, 256, parse_memory("2GB"), on_disk=True)
     assert (big.nlist, big.pq_m, big.nbits, big.quantizer) == (8192, 128, 8, "hnsw32")
     assert "IVF8192" in big.why and "PQ128x8" in big.why and len(big.why.splitlines()) == 2
-    more = plan_ivf(20_000_000, 256, parse_memory("2.5GB"), on_disk=True)
+    more = plan_ivf(20_000_000, 256, parse_memory("2.5GB"))
     assert more.pq_m == 64 and "PQ128 would not fit" in more.why  # 20M x (128 + 8) B = 2.7 GB: too much
     with pytest.raises(XmcoreError, match="too small for 5,000,000 vectors"):
         plan_ivf(5_000_000, 256, parse_memory("300MB"))

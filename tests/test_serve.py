@@ -248,10 +248,10 @@ def test_bad_audio_uploads_get_a_4xx_that_says_why(audio_client):
     assert audio_client.get("/health").status_code == 200
 
 
-def _serve(index_dir):
-    """`xmcore serve INDEX_DIR` in a real subprocess on a free port of 127.0.0.1; yields its URL."""
+def _serve(index_dir, *options):
+    """`xmcore serve INDEX_DIR [OPTIONS]` in a real subprocess on a free port of 127.0.0.1; yields its URL."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "xmcore", "serve", str(index_dir), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "xmcore", "serve", str(index_dir), "--port", str(port), *options],
                             env=offline_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120

@@ -123,6 +123,11 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("index_dir", type=Path, metavar="INDEX_DIR")
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     srv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    srv.add_argument("--batch-wait-ms", type=float, default=2.0, metavar="MS", help="collect concurrent searches for "
+                     "up to MS milliseconds and embed and search them as one batch (default 2; 0: one at a time)")
+    srv.add_argument("--max-batch", type=int, default=64, help="at most this many searches in a batch (default 64)")
+    srv.add_argument("--body-timeout", type=float, default=30.0, metavar="S", help="a request body (an upload) must "
+                     "arrive whole within S seconds, else 408 (default 30)")
 
     exp = sub.add_parser("explain", help="which pixels of a picture and which words of a text make them match",
                          description="Explain a (picture, text) pair with a trained model: a heatmap over the picture "
@@ -384,7 +389,14 @@ def cmd_serve(args) -> int:
 
     if not 0 < args.port < 65536:
         raise XmcoreError("--port: expected 1 to 65535")
-    serve(args.index_dir, load_plugins(), host=args.host, port=args.port)
+    if not 0 <= args.batch_wait_ms <= 1000:
+        raise XmcoreError("--batch-wait-ms: expected 0 (no batching) to 1000 milliseconds")
+    if args.max_batch < 1:
+        raise XmcoreError("--max-batch: expected 1 or more")
+    if not args.body_timeout > 0:
+        raise XmcoreError("--body-timeout: expected a number of seconds above 0")
+    serve(args.index_dir, load_plugins(), host=args.host, port=args.port, batch_wait_ms=args.batch_wait_ms,
+          max_batch=args.max_batch, body_timeout_s=args.body_timeout)
     return 0
 
 

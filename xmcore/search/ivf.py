@@ -87,11 +87,14 @@ def quantizer_bytes(nlist: int, dim: int, quantizer: str) -> int:
 
 def build_peak(count: int, dim: int, nlist: int, pq_m: int, train_size: int, quantizer: str, on_disk: bool,
                chunk_rows: int) -> dict[str, int]:
-    """The estimated peak of each phase (bytes): training (the sample, its residuals, k-means' buffers) and
-    adding (a chunk and its residuals, plus the codes and ids held: all of them, or one sub-index's on disk)."""
+    """The estimated peak of each phase (bytes): training (the sample, its residuals, k-means' buffers),
+    adding (a chunk and its residuals, plus the codes and ids held: all of them, or one sub-index's on disk)
+    and, on disk, merging: the per-chunk indexes and the .ivfdata are memory-mapped, and the pages they touch
+    count in the resident size (the kernel may drop them, but ru_maxrss sees them: measured at 5M)."""
     fixed = RESERVE + quantizer_bytes(nlist, dim, quantizer)
     held = (min(count, chunk_rows) if on_disk else count) * (pq_m + 8)
-    return {"train": fixed + 3 * train_size * dim * 4, "add": fixed + 3 * CHUNK_ROWS * dim * 4 + held}
+    phases = {"train": fixed + 3 * train_size * dim * 4, "add": fixed + 3 * CHUNK_ROWS * dim * 4 + held}
+    return phases | ({"merge": fixed + 2 * count * (pq_m + 8)} if on_disk else {})
 
 
 def plan_ivf(count: int, dim: int, budget: int, on_disk: bool = False) -> IvfPlan:

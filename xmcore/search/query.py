@@ -204,16 +204,19 @@ class SearchIndex:
         return others[0] if others else query_modality
 
     def search(self, query_modality: str, query: Any, k: int = 10, target: str | None = None) -> list[dict[str, Any]]:
+        return self.search_many(query_modality, [query], k, target)[0]
+
+    def search_many(self, query_modality: str, queries: Sequence[Any], k: int = 10,
+                    target: str | None = None) -> list[list[dict[str, Any]]]:
+        """The results of each query, the queries embedded as one batch and searched as one matrix."""
         target = target or self.default_target(query_modality)
         if target not in self.indexes:
             raise XmcoreError(f"--target: this index holds {', '.join(self.modalities)}, not '{target}'")
-        vector = self.model.embed(query_modality, [query])
-        scores, rows = self.indexes[target].search(np.ascontiguousarray(vector, dtype=np.float32), k)
-        return [
-            {"rank": rank, "score": float(score), **self.items[target][row]}
-            for rank, (score, row) in enumerate(zip(scores[0], rows[0], strict=True), start=1)
-            if row >= 0
-        ]
+        vectors = self.model.embed(query_modality, queries)
+        scores, rows = self.indexes[target].search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        return [[{"rank": rank, "score": float(score), **self.items[target][row]}
+                 for rank, (score, row) in enumerate(zip(scores[i], rows[i], strict=True), start=1) if row >= 0]
+                for i in range(len(queries))]
 
     def query_warnings(self, query_modality: str, query: Any) -> list[str]:
         """What the query's encoder says about this query (e.g. most words unknown to it); ``[]`` when nothing."""

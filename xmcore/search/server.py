@@ -19,9 +19,15 @@ duration: 413 with the reason); anything else is a 4xx whose body is always ``{"
 saying what was expected without echoing the input back.  The OpenAPI schema (``/openapi.json``) declares
 each status, body and media type the server answers with (checked by Schemathesis: tests/test_serve_schema.py).
 A search answers ``{"query", "results", "warnings"}``; ``warnings`` holds the query encoder's notes (e.g.
-most words unknown to an LSTM).  The page shows each result by its media type: a picture as an image, whatever a browser plays in an HTML
-media element with the element's controls; a picture found by words gets a "why?" button that lays
-/explain's heatmap over it and colours the query's words.
+most words unknown to an LSTM).  The page (page.html) shows each result by its media type: a picture as an
+image, whatever a browser plays in an HTML media element with the element's controls; a picture found by
+words gets a "why?" button that lays /explain's heatmap over it and colours the query's words.
+
+Many clients: concurrent searches are collected for up to ``--batch-wait-ms`` (default 2) and go through
+the model and FAISS as one batch (xmcore/search/batching.py; 0: one at a time).  A request body must arrive
+whole within ``--body-timeout`` seconds (408), at most ``MAX_CONNECTIONS`` requests are served at once
+(more: 503), and an idle connection is closed after 5 s, so that slow or many clients cannot hold the
+server (tests/test_serve_load.py; the figures: bench/serve_load.py).
 
 /explain runs the model stored in the index (loaded on the first call, as ``xmcore explain INDEX_DIR``
 loads it, and kept: a copy of its own, so searches never wait behind an explanation), one explanation
@@ -32,12 +38,14 @@ The server binds 127.0.0.1 unless told otherwise, and checks that the port is fr
 """
 
 
+import asyncio
+import contextlib
 import io
 import json
 import threading
-from importlib.resources import files
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,42 +59,62 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from xmcore.errors import QueryError, XmcoreError, did_you_mean
+from xmcore.search.batching import QueryBatcher
 
 MAX_QUERY_CHARS = 1000
 MAX_K = 100
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+BATCH_WAIT_MS = 2.0  # concurrent searches collected for up to this long, then embedded and searched as one batch
+MAX_BATCH = 64
+BODY_TIMEOUT_S = 30.0  # a request body must arrive whole within this long (408)
+MAX_CONNECTIONS = 256  # uvicorn's limit_concurrency: beyond it, 503 at once instead of a queue without end
 PUBLIC_FIELDS = ("id", "modality", "caption", "label", "split", "belongs_to")  # what a client sees of an item
 EXPLAIN_GRID = 64  # /explain's JSON map: at most this many cells a side
 EXPLAIN_KEPT = 16  # explanations kept (the page asks for the JSON, then the PNG, of one pair)
 PREFERRED_METHODS = ("gradcam", "occlusion")  # /explain's default: the first of these that fits the encoder
 
 
-class _TooLarge(Exception):
-    pass
+class _Refused(Exception):
+    """A request body the middleware stopped reading: the status and the one line of the answer."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
 
 
 class BodyLimit:
     """ASGI middleware: refuse a request body over ``limit`` bytes with 413 before it is stored anywhere
-    (a declared Content-Length at once; a chunked body as soon as it passes the limit)."""
+    (a declared Content-Length at once; a chunked body as soon as it passes the limit), and one that has
+    not arrived whole ``timeout`` seconds after its request began with 408: a client that trickles its
+    body in holds a connection for that long at most (uvicorn times out idle connections, not slow bodies)."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, timeout: float = BODY_TIMEOUT_S):
+        self.app, self.limit, self.timeout = app, limit, timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
-            return await self._refuse(send)
-        received, started = 0, False
+            return await self._refuse(send, _Refused(413, f"request body larger than {self.limit // (1024 * 1024)} MB"))
+        received, started, whole = 0, False, False
+        deadline = asyncio.get_running_loop().time() + self.timeout
 
         async def counted_receive():
-            nonlocal received
-            message = await receive()
+            nonlocal received, whole
+            if whole:  # after the body: the server's wait for a disconnect, not bounded here
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - asyncio.get_running_loop().time(), 0.001))
+            except TimeoutError:
+                raise _Refused(408, f"request body not received within {self.timeout:g} s") from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise _TooLarge
+                    raise _Refused(413, f"request body larger than {self.limit // (1024 * 1024)} MB")
+                whole = not message.get("more_body", False)
+            else:
+                whole = True
             return message
 
         async def tracked_send(message):
@@ -96,14 +124,15 @@ class BodyLimit:
 
         try:
             await self.app(scope, counted_receive, tracked_send)
-        except _TooLarge:
+        except _Refused as refused:
             if not started:
-                await self._refuse(send)
+                await self._refuse(send, refused)
 
-    async def _refuse(self, send):
-        body = json.dumps({"detail": f"request body larger than {self.limit // (1024 * 1024)} MB"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    async def _refuse(self, send, refused: _Refused):
+        body = json.dumps({"detail": refused.detail}).encode()
+        await send({"type": "http.response.start", "status": refused.status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
 
 
@@ -399,14 +428,15 @@ def allowed_methods(app, scope) -> list[str]:
 
 @dataclass
 class Served:
-    """What the routes share: the opened index, /explain's models, and how a query reaches the model (one at a
-    time behind a lock)."""
+    """What the routes share: the opened index, /explain's models, and how queries reach the model
+    (:class:`~xmcore.search.batching.QueryBatcher`: concurrent ones as a batch, or one at a time)."""
 
     index: Any
     explainers: Explainers
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    batcher: QueryBatcher
 
     def __post_init__(self):
+        self._public: dict[str, dict[str, Any]] = {}
         self.modalities, self.file_modalities = self.index.modalities, self.index.file_modalities
         self.expected = {  # what each parameter takes, said when it is wrong
             "text": f"expected 1 to {MAX_QUERY_CHARS} characters", "k": f"expected a whole number from 1 to {MAX_K}",
@@ -422,24 +452,28 @@ class Served:
         return target
 
     def public(self, meta: dict[str, Any]) -> dict[str, Any]:
-        item = {k: meta[k] for k in PUBLIC_FIELDS if k in meta}
-        if "path" in meta:
-            item["file"] = Path(meta["path"]).name  # a name, never a server path
-        kind = self.index.media_type(meta)
-        if kind:
-            item["media_url"], item["media_type"] = f"/items/{meta['id']}/media", kind
+        """What a client sees of an item (kept: results repeat, and a media type costs a guess from the name)."""
+        item = self._public.get(meta["id"])
+        if item is None:
+            item = {k: meta[k] for k in PUBLIC_FIELDS if k in meta}
+            if "path" in meta:
+                item["file"] = Path(meta["path"]).name  # a name, never a server path
+            kind = self.index.media_type(meta)
+            if kind:
+                item["media_url"], item["media_type"] = f"/items/{meta['id']}/media", kind
+            self._public[meta["id"]] = item
         return item
 
-    def run(self, query_modality: str, query: Any, k: int, target: str | None) -> dict[str, Any]:
-        """A search's answer (``Answer``); called in the threadpool."""
+    async def answer(self, query_modality: str, query: Any, k: int, target: str | None) -> JSONResponse:
+        """A search's answer (``Answer``), through the batcher.  Plain JSON types, so written as they are
+        (FastAPI's jsonable_encoder took a millisecond a search)."""
         try:
-            with self.lock:
-                results = self.index.search(query_modality, query, k, target)
-                notes = self.index.query_warnings(query_modality, query)
+            results, notes = await self.batcher.answer(query_modality, query, k, target)
         except XmcoreError as exc:
             raise HTTPException(422, str(exc)) from None
-        return {"query": {"modality": query_modality, "k": k, "target": target or self.index.default_target(query_modality)},
-                "results": [self.public(r) | {"rank": r["rank"], "score": r["score"]} for r in results], "warnings": notes}
+        return JSONResponse({
+            "query": {"modality": query_modality, "k": k, "target": target or self.index.default_target(query_modality)},
+            "results": [self.public(r) | {"rank": r["rank"], "score": r["score"]} for r in results], "warnings": notes})
 
     def decode(self, modality: str, data: bytes):
         """An upload's bytes as a raw item of ``modality`` (413 beyond a bound, else 422 with the reason)."""
@@ -451,12 +485,23 @@ class Served:
             raise HTTPException(422, f"{modality}: {exc}") from None
 
 
-def create_app(index, plugins=None):
+def create_app(index, plugins=None, batch_wait_ms: float = BATCH_WAIT_MS, max_batch: int = MAX_BATCH,
+               body_timeout_s: float = BODY_TIMEOUT_S):
     """The FastAPI application over an opened :class:`xmcore.search.SearchIndex` (``plugins``: for /explain's
-    methods; default: the installed ones, loaded on the first /explain call)."""
-    app = FastAPI(title="xmcore search", version="1", docs_url="/docs", redoc_url=None)
-    app.add_middleware(BodyLimit, limit=MAX_UPLOAD_BYTES + 64 * 1024)  # the file plus the form's other fields
-    served = Served(index, Explainers(index, plugins))  # /explain: a model of its own, loaded on the first call
+    methods; default: the installed ones, loaded on the first /explain call).  Concurrent searches are
+    collected for up to ``batch_wait_ms`` (0: one at a time) into batches of at most ``max_batch``; a
+    request body must arrive within ``body_timeout_s``."""
+    batcher = QueryBatcher(index, batch_wait_ms, max_batch)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        batcher.close()
+
+    app = FastAPI(title="xmcore search", version="1", docs_url="/docs", redoc_url=None, lifespan=lifespan)
+    app.add_middleware(BodyLimit, limit=MAX_UPLOAD_BYTES + 64 * 1024, timeout=body_timeout_s)  # the file + the form's fields
+    served = Served(index, Explainers(index, plugins), batcher)  # /explain: a model of its own, loaded on the first call
+    app.state.batcher = batcher
     error_handlers(app, served.expected)
     page_routes(app, served)
     search_routes(app, served)
@@ -512,16 +557,16 @@ def search_routes(app, served: Served) -> None:
     """``GET /search?text=...``: a search by words."""
 
     @app.get("/search", response_model=None, responses={200: {"model": Answer}, **refusals(s422=BAD_INPUT)})
-    def search_text(
+    async def search_text(
         text: str = Query(..., min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S",
                           description="the words to search for (not only spaces)"),
         k: int = Query(10, ge=1, le=MAX_K, description="how many results"),
         target: str = Query(None, max_length=40, json_schema_extra={"enum": served.modalities},
                             description="the modality to search (default: another than the query's)"),
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         if not text.strip():
             raise HTTPException(422, "text: the query is empty")
-        return served.run("text", text, k, served.check_target(target))
+        return await served.answer("text", text, k, served.check_target(target))
 
 
 def upload_route(app, served: Served) -> None:
@@ -546,7 +591,7 @@ def upload_route(app, served: Served) -> None:
         k_in_query: int = Query(None, alias="k", ge=1, le=MAX_K, description="or in the form"),
         target_in_query: str = Query(None, alias="target", max_length=40, json_schema_extra={"enum": modalities},
                                      description="or in the form"),
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         """A query file in a form field named by its modality (``image=``...); k and target in the form or the query string."""
         fields, modality, data = await read_form(request, file_modalities, served.expected["file"])
         k = either("k", form_k(fields.get("k"), served.expected["k"]), k_in_query, 10)
@@ -556,7 +601,7 @@ def upload_route(app, served: Served) -> None:
         if not data:
             raise HTTPException(422, f"{modality}: the upload is empty")
         query = await run_in_threadpool(served.decode, modality, data)
-        return await run_in_threadpool(served.run, modality, query, k, served.check_target(target))
+        return await served.answer(modality, query, k, served.check_target(target))
 
 
 async def read_form(request, file_modalities: list[str], expected: str) -> tuple[dict[str, str], str, bytes]:
@@ -569,7 +614,7 @@ async def read_form(request, file_modalities: list[str], expected: str) -> tuple
                 raise HTTPException(422, expected)
             fields = {name: value for name, value in items if isinstance(value, str)}
             return fields, files[0][0], await files[0][1].read(MAX_UPLOAD_BYTES + 1)
-    except (_TooLarge, HTTPException):
+    except (_Refused, HTTPException):
         raise
     except Exception:  # noqa: BLE001 -- a malformed multipart body, whatever the parser says of it
         raise HTTPException(422, f"not a readable multipart form; {expected}") from None
@@ -686,7 +731,10 @@ def bind(host: str, port: int):
     return sock
 
 
-def serve(index_dir: Path, plugins, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(index_dir: Path, plugins, host: str = "127.0.0.1", port: int = 8000, batch_wait_ms: float = BATCH_WAIT_MS,
+          max_batch: int = MAX_BATCH, body_timeout_s: float = BODY_TIMEOUT_S) -> None:
+    """Serve until interrupted.  Bounded: at most :data:`MAX_CONNECTIONS` requests at once (more get 503 at
+    once), an idle connection closed after 5 s, a request body read for ``body_timeout_s`` at most."""
     import uvicorn
 
     from xmcore.search.query import SearchIndex
@@ -694,8 +742,9 @@ def serve(index_dir: Path, plugins, host: str = "127.0.0.1", port: int = 8000) -
     sock = bind(host, port)  # before anything else: a taken port is said at once, and nothing claims to serve
     try:
         index = SearchIndex(index_dir, plugins)
-        app = create_app(index, plugins)
+        app = create_app(index, plugins, batch_wait_ms, max_batch, body_timeout_s)
         print(f"serving {index_dir} at http://{host}:{port}/  (Ctrl-C stops)", flush=True)
-        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run(sockets=[sock])
+        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", limit_concurrency=MAX_CONNECTIONS,
+                                      timeout_keep_alive=5)).run(sockets=[sock])
     finally:
         sock.close()
