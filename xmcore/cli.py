@@ -104,8 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     idx.add_argument("--on-disk", action="store_true",
                      help="IVF-PQ: inverted lists in an .ivfdata file (FAISS OnDiskInvertedLists), memory-mapped by a search")
     idx.add_argument("--shards", type=int, default=1, metavar="K",
-                     help="split each modality's FAISS index into K files (e.g. one per search machine), searched "
-                     "together and merged by FAISS's IndexShards (default 1)")
+                     help="split each modality's FAISS index into K files of consecutive rows, searched together "
+                     "(a thread each) and merged by FAISS's IndexShards (default 1)")
     idx.add_argument("--add", action="store_true", help="add the items to the existing index in INDEX_DIR")
 
     srch = sub.add_parser("search", help="query an index with words or a file (an image, or any modality it reads)",
