@@ -9,8 +9,9 @@ passes when
 * the run directory holds no half-written file: every ``.ckpt`` loads with ``torch.load(weights_only=True)``,
   every ``.json`` parses, and no temporary file (``.<name>.<random>.tmp``) is left.
 
-Kill points: random times during training (uniform between the first and the last checkpoint of the
-uninterrupted run: ``checkpoint.every_n_steps`` is small, so most kills land in mid-epoch); two while a
+Kill points: random points during training (a random fraction of the time between two saves, after the
+n-th save of last.ckpt, n random: ``checkpoint.every_n_steps`` is small, so most kills land in mid-epoch,
+and a point chosen by progress stays inside training however loaded the machine is); two while a
 checkpoint is being written (polled: the moment a ``.last.ckpt.*.tmp`` or ``.best.ckpt.*.tmp`` exists), the
 first checkpoint and one that replaces last.ckpt; and one half-way through the first epoch of a run
 without ``checkpoint.every_n_steps``, which has no checkpoint yet (``--resume`` then starts it afresh).
@@ -125,6 +126,42 @@ def writing_checkpoint(run_dir: Path, replacing: bool):
             return False
         writing = any(n.endswith(".tmp") and n.startswith((".last.ckpt", ".best.ckpt")) for n in names)
         return writing and (not replacing or "last.ckpt" in names)
+    return ready
+
+
+def after_save(run_dir: Path, n: int, delay: float):
+    """Ready ``delay`` seconds after the ``n``-th write of checkpoints/last.ckpt: a point in training
+    chosen by progress, not by the clock (which other load on the machine stretches)."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    seen = {"count": 0, "stamp": None, "at": None}
+
+    def ready() -> bool:
+        if seen["at"] is None:
+            try:
+                stamp = last.stat().st_mtime_ns
+            except FileNotFoundError:
+                return False
+            if stamp != seen["stamp"]:
+                seen["stamp"], seen["count"] = stamp, seen["count"] + 1
+                if seen["count"] >= n:
+                    seen["at"] = time.perf_counter()
+            return False
+        return time.perf_counter() - seen["at"] >= delay
+    return ready
+
+
+def in_first_epoch(run_dir: Path, started: float, data: float, epoch_end: float):
+    """Ready half-way through the first epoch: the uninterrupted run's pace from data_report.json to its
+    first epoch's end (``data``, ``epoch_end``), scaled by how much later this run built its data."""
+    seen = {}
+
+    def ready() -> bool:
+        now = time.perf_counter() - started
+        if "data" not in seen:
+            if (run_dir / "data_report.json").exists():
+                seen["data"] = now
+            return False
+        return now >= seen["data"] + 0.5 * (epoch_end - data) * seen["data"] / data
     return ready
 
 
@@ -277,18 +314,18 @@ def main(argv: list[str] | None = None) -> int:
 
     rng = random.Random(args.seed)
     # (name, recipe arguments, kill condition maker, what is killed); a kill condition gets the trial's start time
-    in_first_epoch = data + 0.5 * (saves[len(saves) // 2] - data)  # half-way to the first epoch's end
     no_interval = [a for a in recipe_args if not str(a).startswith("checkpoint.")]
-    plan = [("first epoch, no interval", no_interval, lambda d, t0: lambda: time.perf_counter() - t0 >= in_first_epoch,
+    plan = [("first epoch, no interval", no_interval, lambda d, t0: in_first_epoch(d, t0, data, saves[len(saves) // 2]),
              "the first epoch, checkpoint.every_n_steps unset"),
             ("first checkpoint write", recipe_args, lambda d, t0: writing_checkpoint(d, False),
              "writing the first checkpoint"),
             ("checkpoint replacing last.ckpt", recipe_args, lambda d, t0: writing_checkpoint(d, True),
              "writing a checkpoint over last.ckpt")]
+    gap = (end - first) / max(1, len(saves) - 1)  # seconds between two saves of the uninterrupted run
     for i in range(args.trials):
-        at = first + rng.random() * (end - first)
-        plan.append((f"random {i + 1}", recipe_args, lambda d, t0, a=at: lambda: time.perf_counter() - t0 >= a,
-                     f"training, at {at:.1f} s"))
+        after, fraction = rng.randrange(1, len(saves)), rng.random()
+        plan.append((f"random {i + 1}", recipe_args, lambda d, t0, n=after, f=fraction: after_save(d, n, f * gap),
+                     f"training, {fraction * gap:.2f} s after save {after} of {len(saves)}"))
     rows = []
     for name, trial_args, condition, note in plan:
         run_dir = work / name.replace(" ", "-").replace(",", "")
