@@ -30,9 +30,12 @@ BENCHMARKS = {
     "fusion": ([], ["--full"]),
     "explain": (["--pairs", "500", "--captions", "200", "--faithfulness", "100", "--repeat", "8", "--only", "pictures"], []),
     "fuzz_recipes": (["--examples", "500"], []),
+    "kill_resume": (["--trials", "2"], ["--full"]),
+    "index_scale": (["--images", "200", "--repeat", "1", "--vectors", "200000"], []),
 }
 # the lines each benchmark prints that hold its result
-RESULT_MARKERS = ("ratio", "faster", "x python", "peak", "streaming", "full matrix", "queries/s", "bar:", "ms/clip", "load average")
+RESULT_MARKERS = ("ratio", "faster", "x python", "peak", "streaming", "full matrix", "queries/s", "bar:", "ms/clip", "load average",
+                  "cases in", "  exit", "  other", "trials passed", "PASS", "FAIL", "items/s, 2 processes")
 
 
 def main(argv: list[str] | None = None) -> int:
