@@ -1,7 +1,11 @@
-"""Atomic file output: write a temporary file beside the target, then rename it over."""
+"""Atomic file output: write a temporary file beside the target, then rename it over.
+
+A write the file system refuses -- a full disk, a file-size limit, a read-only folder, no permission -- is a
+:class:`WriteError` naming the file (the CLI prints one line and exits 2); nothing is left half-written."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -10,6 +14,22 @@ from typing import Any
 
 import yaml
 
+from xmcore.errors import XmcoreError
+
+# What the file system says when the output's place, not xmcore, is at fault; and what to do about it.
+_REFUSALS = {
+    errno.ENOSPC: "the disk is full: free some space or write elsewhere",
+    errno.EDQUOT: "the disk quota is used up: free some space or write elsewhere",
+    errno.EFBIG: "the file would exceed the size this process may write (ulimit -f): raise the limit or write elsewhere",
+    errno.EROFS: "the file system is read-only: choose a folder you can write to",
+    errno.EACCES: "permission denied: choose a folder you can write to",
+    errno.EPERM: "not permitted: choose a folder you can write to",
+}
+
+
+class WriteError(XmcoreError):
+    """An output could not be written because of where it goes (full, read-only, not permitted)."""
+
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
@@ -17,6 +37,15 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
+    try:
+        return _atomic_write_bytes(path, data)
+    except OSError as exc:
+        if exc.errno not in _REFUSALS:
+            raise
+        raise WriteError(f"{path}: cannot write it ({exc.strerror or exc}); {_REFUSALS[exc.errno]}") from None
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
