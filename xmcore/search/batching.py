@@ -41,7 +41,7 @@ class QueryBatcher:
         self.index, self.wait, self.max_batch = index, max(wait_ms, 0) / 1000, max(max_batch, 1)
         self.batching = self.wait > 0 and self.max_batch > 1
         self._lock = threading.Lock()  # not batching: one query at a time
-        self._model = ThreadPoolExecutor(1, thread_name_prefix="xmcore-model")  # batching: the thread that runs it
+        self._model: ThreadPoolExecutor | None = None  # batching: the one thread that runs the model (when needed)
         self._pending: list[Pending] = []
         self._timer: asyncio.TimerHandle | None = None
         self._running = False
@@ -67,7 +67,11 @@ class QueryBatcher:
         return await pending.future
 
     def close(self) -> None:
-        self._model.shutdown(wait=True)
+        """Stop the model's thread (the app's shutdown; a later search starts another: a test client's
+        lifespan may end and begin again around one app)."""
+        model, self._model = self._model, None
+        if model is not None:
+            model.shutdown(wait=True)
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._timer is not None:
@@ -77,6 +81,8 @@ class QueryBatcher:
             return  # the running batch flushes what waits when it ends
         batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
         self._running = True
+        if self._model is None:
+            self._model = ThreadPoolExecutor(1, thread_name_prefix="xmcore-model")
         loop.run_in_executor(self._model, self._answer_all, batch).add_done_callback(
             lambda done: self._deliver(loop, batch, done))  # an asyncio future: called in the loop
 
