@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xmcore.data import LazyItem
+from xmcore.data import LazyItem, name_problem, outside_folder
 
 
 class Clip:
@@ -80,9 +80,11 @@ def clip_problem(clip: Clip) -> str | None:
 
 @dataclass(frozen=True)
 class AudioFile(LazyItem):
-    """An audio file on disk, decoded (with soundfile) only when loaded."""
+    """An audio file on disk, decoded (with soundfile) only when loaded; with ``root``, the data folder it must
+    not be led out of by a symbolic link (as :class:`xmcore.data.ImageFile`)."""
 
     path: Path
+    root: Path | None = None
 
     def load(self) -> Clip:
         import soundfile
@@ -94,6 +96,9 @@ class AudioFile(LazyItem):
         """Why the clip cannot be used, or ``None``: a full decode, so truncated files are caught."""
         if not Path(self.path).is_file():
             return "missing file"
+        refused = name_problem(Path(self.path)) or outside_folder(Path(self.path), self.root)
+        if refused:  # before anything reads the file
+            return refused
         try:
             clip = self.load()
         except Exception as exc:  # noqa: BLE001 -- libsndfile errors and ValueErrors alike

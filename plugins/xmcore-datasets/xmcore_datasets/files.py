@@ -87,7 +87,8 @@ def _item_maker(modality: str, root: Path | None = None) -> Callable[[Any], Any]
     if modality == "image":
         make = lambda path: ImageFile(path, root)  # noqa: E731
     elif modality == "audio":
-        make = audio_file_class()
+        audio_file = audio_file_class()
+        make = lambda path: audio_file(path, root)  # noqa: E731
     else:
         return lambda text: text
     return lambda value: value if isinstance(value, LazyItem) else make(value)
