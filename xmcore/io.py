@@ -17,14 +17,14 @@ import yaml
 from xmcore.errors import XmcoreError
 
 # What the file system says when the output's place, not xmcore, is at fault; and what to do about it.
-_REFUSALS = {
-    errno.ENOSPC: "the disk is full: free some space or write elsewhere",
-    errno.EDQUOT: "the disk quota is used up: free some space or write elsewhere",
-    errno.EFBIG: "the file would exceed the size this process may write (ulimit -f): raise the limit or write elsewhere",
-    errno.EROFS: "the file system is read-only: choose a folder you can write to",
-    errno.EACCES: "permission denied: choose a folder you can write to",
-    errno.EPERM: "not permitted: choose a folder you can write to",
-}
+_REFUSALS = {getattr(errno, name): hint for name, hint in (
+    ("ENOSPC", "the disk is full: free some space or write elsewhere"),
+    ("EDQUOT", "the disk quota is used up: free some space or write elsewhere"),  # not on every platform
+    ("EFBIG", "the file would exceed the size this process may write (ulimit -f): raise the limit or write elsewhere"),
+    ("EROFS", "the file system is read-only: choose a folder you can write to"),
+    ("EACCES", "permission denied: choose a folder you can write to"),
+    ("EPERM", "not permitted: choose a folder you can write to"),
+) if hasattr(errno, name)}
 
 
 class WriteError(XmcoreError):
