@@ -48,3 +48,15 @@ def test_a_manifest_row_through_a_linked_folder_is_refused(tmp_path):
     _, report = clean_split(data.splits["train"], workers=1)
     assert reasons(report) == {"b.wav": "symbolic link out of the data folder"}
     assert report["used"]["audio"] == 2
+
+
+def test_a_clotho_clip_linked_from_outside_the_dataset_is_refused(tmp_path):
+    from audio_fixtures import write_clotho
+
+    root = write_clotho(tmp_path / "clotho")
+    clip = root / "development" / "clip 0, field recording.wav"
+    clip.unlink()
+    clip.symlink_to(write_clip(tmp_path / "outside" / "private.wav", 3))
+    data = build("clotho", tmp_path, root="clotho")
+    _, report = clean_split(data.splits["train"], workers=1)
+    assert reasons(report) == {"clip 0, field recording.wav": "symbolic link out of the data folder"}

@@ -115,7 +115,7 @@ def build_clotho(params: ClothoParams, ctx: xmcore.BuildContext):
             raise XmcoreError(f"{path}: no caption_1 .. caption_5 columns; columns found: {', '.join(columns)}")
         for row in rows:
             records += [{"owner": folder / row["file_name"], "member": row[c] or "", "split": split} for c in caption_columns]
-    return _records_data(records, str(root))
+    return _records_data(records, str(root), root)
 
 
 def build_audiocaps(params: AudioCapsParams, ctx: xmcore.BuildContext):
@@ -128,7 +128,7 @@ def build_audiocaps(params: AudioCapsParams, ctx: xmcore.BuildContext):
         for row in rows:
             file_name = params.file_name.format(**{f: (row[f] or "").strip() for f in AUDIOCAPS_FIELDS})
             records.append({"owner": folder / file_name, "member": row["caption"] or "", "split": split})
-    return _records_data(records, str(root))
+    return _records_data(records, str(root), root)
 
 
 def _root(params, ctx: xmcore.BuildContext, expected: str) -> Path:
@@ -162,10 +162,11 @@ def _read_rows(path: Path, split: str, name: str, needed: list[str]) -> tuple[li
     return rows, columns
 
 
-def _records_data(records: list[dict[str, Any]], source: str) -> RetrievalData:
+def _records_data(records: list[dict[str, Any]], source: str, root: Path) -> RetrievalData:
+    """The records as data; ``root``, the dataset's folder, is the one no symbolic link may lead a clip out of."""
     from xmcore_datasets.files import from_records
 
-    return from_records(records, source, None, 0, AUDIO_TEXT)
+    return from_records(records, source, None, 0, AUDIO_TEXT, root)
 
 
 @xmcore.hookimpl
