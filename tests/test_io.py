@@ -84,3 +84,25 @@ def test_explain_into_a_full_place_exits_2_with_one_line(trained_run, tmp_path):
     assert "Traceback" not in result.stderr
     assert "cannot write it (File too large)" in result.stderr.strip().splitlines()[-1]
     assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
+
+
+def test_a_torch_save_the_file_system_refuses_is_one_error_and_leaves_nothing(tmp_path):
+    """Checkpoints (AtomicCheckpointIO) and an index's weights go through atomic_torch_save: torch's zip writer
+    reports a full disk as a RuntimeError ("unexpected pos"), which must become the same one-line WriteError."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    code = ("import sys, torch\nfrom xmcore import io\ntry:\n    io.atomic_torch_save({'w': torch.zeros(262144)}, sys.argv[1])\n"
+            "except io.WriteError as exc:\n    print(exc.exit_code, exc)\n")
+    result = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, timeout=120,
+                            preexec_fn=_limited(64 * 1024))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stdout.startswith(f"2 {target}: cannot write it"), result.stdout
+    assert os.listdir(target.parent) == []  # no half-written file, no temporary file
+
+    from xmcore.io import atomic_torch_save  # and where it fits, the file is whole and loads
+    import torch
+
+    atomic_torch_save({"w": torch.arange(4)}, target)
+    assert torch.load(target, weights_only=True)["w"].tolist() == [0, 1, 2, 3] and os.listdir(target.parent) == ["last.ckpt"]

@@ -40,9 +40,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     try:
         return _atomic_write_bytes(path, data)
     except OSError as exc:
-        if exc.errno not in _REFUSALS:
-            raise
-        raise WriteError(f"{path}: cannot write it ({exc.strerror or exc}); {_REFUSALS[exc.errno]}") from None
+        raise _refused(path, exc) from None
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> Path:
@@ -59,6 +57,46 @@ def _atomic_write_bytes(path: Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save(obj)`` to a temporary file beside ``path``, flushed to disk, then renamed over it: the file is
+    whole or absent.  A write the file system refuses is a :class:`WriteError` as for :func:`atomic_write_bytes`;
+    torch's zip writer reports such a failure as a ``RuntimeError`` ("unexpected pos ..."), which counts too."""
+    import torch
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _refused(path, exc) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise _refused(path, exc) from None
+    except RuntimeError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if "PytorchStreamWriter" not in str(exc) and "inline_container" not in str(exc):
+            raise
+        raise WriteError(f"{path}: cannot write it (torch: {str(exc).splitlines()[0][:200]}); the disk may be full or "
+                         "the file too large for this process (ulimit -f): free some space or write elsewhere") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _refused(path: Path, exc: OSError) -> Exception:
+    if exc.errno not in _REFUSALS:
+        return exc
+    return WriteError(f"{path}: cannot write it ({exc.strerror or exc}); {_REFUSALS[exc.errno]}")
 
 
 def _umask() -> int:

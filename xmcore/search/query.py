@@ -10,7 +10,7 @@ from typing import Any, BinaryIO, Sequence
 import numpy as np
 
 from xmcore.errors import XmcoreError
-from xmcore.io import file_sha256 as sha256, write_yaml
+from xmcore.io import atomic_torch_save, file_sha256 as sha256, write_yaml
 from xmcore.media import query_reader, servable_type
 from xmcore.search.folder import read_manifest, verify
 from xmcore.search.ivf import open_faiss
@@ -20,8 +20,6 @@ def export_model(module, recipe, model_dir: Path) -> None:
     """Weights, recipe and encoder assets of ``module`` into ``model_dir`` (see the module docstring).
 
     Every modality's encoder goes in, indexed or not: queries come from the other modalities."""
-    import torch
-
     model_dir.mkdir(parents=True, exist_ok=True)
     resolved = recipe.resolved()
     for modality in module.modalities:
@@ -32,9 +30,7 @@ def export_model(module, recipe, model_dir: Path) -> None:
             resolved["encoders"][modality][key] = value
         resolved["encoders"][modality].pop("freeze", None)
     state = {k: v for k, v in module.state_dict().items() if k.startswith(("fusion.", "encoders."))}
-    tmp = model_dir / ".weights.pt.tmp"
-    torch.save(state, tmp)
-    tmp.replace(model_dir / "weights.pt")
+    atomic_torch_save(state, model_dir / "weights.pt")
     write_yaml(model_dir / "recipe.yaml", resolved)
 
 
