@@ -15,7 +15,7 @@ One file per part:
                     trainer.strategy=ddp``): shards dealt out to the ranks, each rank writing its own
     build.py        build_index: the phases of ``xmcore index``
     server.py       ``xmcore serve``: the HTTP API (imported on its own: ``import xmcore.search`` imports no
-                    FastAPI); page.html, its search page
+                    FastAPI); page.html, its search page; batching.py, concurrent searches as one batch
 """
 
 from xmcore.search.build import build_index
