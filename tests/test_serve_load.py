@@ -78,7 +78,8 @@ def test_a_query_that_fails_in_a_batch_fails_alone(index, gallery_index, monkeyp
     assert isinstance(refused, XmcoreError) and len(good[0]) == len(other[0]) == 3
 
 
-def test_the_server_batches_concurrent_requests(index, gallery_index):
+@pytest.mark.parametrize("wait_ms", [50, 0])
+def test_the_server_batches_concurrent_requests_unless_told_not_to(index, gallery_index, wait_ms):
     from concurrent.futures import ThreadPoolExecutor
 
     from fastapi.testclient import TestClient
@@ -86,13 +87,25 @@ def test_the_server_batches_concurrent_requests(index, gallery_index):
     from xmcore.search.server import create_app
 
     asked = queries(gallery_index)[:24]
-    with TestClient(create_app(index, batch_wait_ms=50)) as client, ThreadPoolExecutor(24) as pool:
+    with TestClient(create_app(index, batch_wait_ms=wait_ms)) as client, ThreadPoolExecutor(24) as pool:
         answers = list(pool.map(lambda q: client.get("/search", params={"text": q[0], "target": q[1], "k": q[2]}), asked))
         batcher = client.app.state.batcher
     assert all(a.status_code == 200 for a in answers)
-    assert batcher.queries == len(asked) and batcher.batches < len(asked)
+    assert batcher.queries == len(asked) and (batcher.batches < len(asked) if wait_ms else batcher.batches == len(asked))
     for (text, target, k), answer in zip(asked, answers, strict=True):
         assert [r["id"] for r in answer.json()["results"]] == [r["id"] for r in index.search("text", text, k, target)]
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--batch-wait-ms", "-1", "--batch-wait-ms: expected 0 (no batching) to 1000 milliseconds"),
+    ("--max-batch", "0", "--max-batch: expected 1 or more"),
+    ("--body-timeout", "0", "--body-timeout: expected a number of seconds above 0"),
+])
+def test_bad_serve_options_get_one_line(gallery_index, capfd, option, value, message):
+    from xmcore.cli import main
+
+    assert main(["serve", str(gallery_index), option, value]) == 2
+    assert capfd.readouterr().err.strip() == f"error: {message}"
 
 
 class SlowUpload(threading.Thread):
