@@ -362,7 +362,7 @@ def cmd_index(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from xmcore.index import SearchIndex, results_table
+    from xmcore.search import SearchIndex, results_table
     from xmcore.plugins import load_plugins
 
     if not 1 <= args.k <= 1000:
