@@ -7,9 +7,12 @@
 For each ``--batch-wait-ms`` setting in ``--waits`` (0: one query at a time through the model, as before
 batching; N: concurrent queries collected for up to N ms and embedded and searched as one batch) the
 script starts `xmcore serve` in a subprocess on a free port of 127.0.0.1 (all settings' servers at once);
-then ``--clients`` asyncio tasks (httpx, one connection each) send text queries (GET /search, k=10,
+then ``--clients`` asyncio tasks (one keep-alive connection each) send text queries (GET /search, k=10,
 captions drawn from the gallery's metadata) back to back for ``--seconds`` seconds per setting, and stop
-by themselves.  The seconds are split into ``--rounds`` in which the settings take turns, so that the
+by themselves.  The clients write prepared request bytes and read each answer whole through asyncio
+streams, as a load generator such as wrk does (``--client raw``, about 0.06 ms of CPU a request);
+``--client httpx`` uses httpx.AsyncClient instead (about 0.5 ms: on 2 cores it, not the server, caps
+batched throughput near 1,700 requests/s).  The seconds are split into ``--rounds`` in which the settings take turns, so that the
 load of other processes on a shared machine falls on each alike.  It prints requests/s, p50/p99
 latency, errors (any status but 200, any failed connection), the server's resident memory (RSS, from
 /proc) before and after, and the CPU time per request of the server and of the client (the client
@@ -30,10 +33,12 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +128,7 @@ def start_server(index: Path, wait_ms: float, extra: list[str]) -> tuple[subproc
 
 
 async def client(url: str, queries: list[str], seed: int, until: float, latencies: list[float], errors: list[str]):
+    """One client of httpx's (an AsyncClient with one connection): easy to trust, but about 0.5 ms of CPU a request."""
     import httpx
 
     rng = np.random.default_rng(seed)
@@ -139,12 +145,53 @@ async def client(url: str, queries: list[str], seed: int, until: float, latencie
             latencies.append(time.perf_counter() - started)
 
 
-async def load(url: str, queries: list[str], clients: int, seconds: float) -> dict:
+def requests_for(url: str, queries: list[str]) -> list[bytes]:
+    """Each query's HTTP/1.1 request, written once (the raw client sends them as they are)."""
+    host = urllib.parse.urlsplit(url).netloc
+    return [(f"GET /search?{urllib.parse.urlencode({'text': q, 'k': 10})} HTTP/1.1\r\nHost: {host}\r\n"
+             "Accept: application/json\r\n\r\n").encode() for q in queries]
+
+
+async def raw_client(url: str, requests: list[bytes], seed: int, until: float, latencies: list[float],
+                     errors: list[str]):
+    """One client on one keep-alive connection through asyncio streams, as a load generator such as wrk
+    does: the request bytes made beforehand; each answer read whole (status line, headers, a body of
+    Content-Length bytes) and checked (status 200, JSON with results).  About a fifth of httpx's CPU a
+    request, which on a machine whose cores the client shares is left to the server."""
+    parts = urllib.parse.urlsplit(url)
+    rng = np.random.default_rng(seed)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    try:
+        while time.perf_counter() < until:
+            request = requests[rng.integers(len(requests))]
+            started = time.perf_counter()
+            try:
+                writer.write(request)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+                status = int(head[9:12])
+                length = int(re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head).group(1))
+                body = await reader.readexactly(length)
+                if status != 200 or not json.loads(body)["results"]:
+                    errors.append(f"{status}: {body[:100]!r}")
+            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, AttributeError, ValueError) as exc:
+                errors.append(repr(exc))
+                writer.close()
+                reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+            latencies.append(time.perf_counter() - started)
+    finally:
+        writer.close()
+
+
+async def load(url: str, queries: list[str], clients: int, seconds: float, kind: str = "raw") -> dict:
     latencies, errors = [], []
+    if kind == "raw":
+        one, queries = raw_client, requests_for(url, queries)
+    else:
+        one = client
     warm_until, warm = time.perf_counter() + 2, []  # each connection opened, the model's first calls made
-    await asyncio.gather(*(client(url, queries, i, warm_until, warm, []) for i in range(clients)))
+    await asyncio.gather(*(one(url, queries, i, warm_until, warm, []) for i in range(clients)))
     started = time.perf_counter()
-    await asyncio.gather(*(client(url, queries, i, started + seconds, latencies, errors) for i in range(clients)))
+    await asyncio.gather(*(one(url, queries, i, started + seconds, latencies, errors) for i in range(clients)))
     return {"requests": len(latencies), "warm": len(warm), "seconds": time.perf_counter() - started,
             "ms": [x * 1000 for x in latencies], "errors": len(errors), "first_error": errors[0] if errors else ""}
 
@@ -165,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gallery", type=int, default=0, help="serve a synthetic gallery of this many pictures")
     parser.add_argument("--kind", default="hnsw", help="the synthetic gallery's FAISS index (default hnsw)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/xmcore-serve-load"), help="where it is written")
+    parser.add_argument("--client", choices=("raw", "httpx"), default="raw",
+                        help="raw: keep-alive connections through asyncio streams (little CPU, as wrk); httpx: "
+                             "httpx.AsyncClient (about five times the client CPU a request; on a machine of few cores "
+                             "the client then caps what is measured)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
 
@@ -172,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.gallery:
         index = synthetic_gallery(args.index, args.work / f"gallery-{args.gallery}-{args.kind}", args.gallery, args.kind)
     queries = captions(args.index)
-    print(f"{index}: {args.clients} clients x {args.seconds:g} s of GET /search (k=10); load average "
+    print(f"{index}: {args.clients} {args.client} clients x {args.seconds:g} s of GET /search (k=10); load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
     print("| --batch-wait-ms | requests | requests/s | p50 ms | p99 ms | errors | server RSS before -> after (MB) "
           "| CPU ms per request: server, client |")
@@ -185,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.rounds):  # the load of other processes on the machine falls on every setting alike
             for row, (proc, url) in zip(rows, servers):
                 cpu = cpu_seconds(proc.pid), time.process_time()
-                part = asyncio.run(load(url, queries, args.clients, args.seconds / args.rounds))
+                part = asyncio.run(load(url, queries, args.clients, args.seconds / args.rounds, args.client))
                 row["server_cpu"] += cpu_seconds(proc.pid) - cpu[0]
                 row["client_cpu"] += time.process_time() - cpu[1]
                 for key in ("requests", "warm", "seconds", "ms", "errors"):
