@@ -205,14 +205,26 @@ class SearchIndex:
     def search_many(self, query_modality: str, queries: Sequence[Any], k: int = 10,
                     target: str | None = None) -> list[list[dict[str, Any]]]:
         """The results of each query, the queries embedded as one batch and searched as one matrix."""
-        target = target or self.default_target(query_modality)
+        target = self.check_target(target or self.default_target(query_modality))
+        return self.search_vectors(target, self.embed_queries(query_modality, queries), k)
+
+    def check_target(self, target: str) -> str:
+        """``target`` if this index holds that modality; :class:`XmcoreError` otherwise."""
         if target not in self.indexes:
             raise XmcoreError(f"--target: this index holds {', '.join(self.modalities)}, not '{target}'")
-        vectors = self.model.embed(query_modality, queries)
-        scores, rows = self.indexes[target].search(np.ascontiguousarray(vectors, dtype=np.float32), k)
-        return [[{"rank": rank, "score": float(score), **self.items[target][row]}
-                 for rank, (score, row) in enumerate(zip(scores[i], rows[i], strict=True), start=1) if row >= 0]
-                for i in range(len(queries))]
+        return target
+
+    def embed_queries(self, query_modality: str, queries: Sequence[Any]) -> np.ndarray:
+        """The queries' embeddings (float32, L2-normalised, one row each), embedded as one batch."""
+        return np.ascontiguousarray(self.model.embed(query_modality, queries), dtype=np.float32)
+
+    def search_vectors(self, target: str, vectors: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
+        """The ``k`` nearest items of ``target`` to each row of ``vectors`` (from :meth:`embed_queries`)."""
+        scores, rows = self.indexes[self.check_target(target)].search(vectors, k)
+        items = self.items[target]  # Python lists, not numpy scalars: a server builds these for every query
+        return [[{"rank": rank, "score": score, **items[row]}
+                 for rank, (score, row) in enumerate(zip(found_scores, found_rows, strict=True), start=1) if row >= 0]
+                for found_scores, found_rows in zip(scores.tolist(), rows.tolist(), strict=True)]
 
     def query_warnings(self, query_modality: str, query: Any) -> list[str]:
         """What the query's encoder says about this query (e.g. most words unknown to it); ``[]`` when nothing."""

@@ -62,11 +62,10 @@ class TokenPreprocessor(Preprocessor):
         return f"TokenPreprocessor(vocab={len(self.vocab)}:{digest}, max_length={self.max_length})"
 
     def collate(self, items: Sequence[list[int]]) -> dict[str, torch.Tensor]:
-        lengths = torch.tensor([len(ids) for ids in items], dtype=torch.long)
-        tokens = torch.zeros(len(items), int(lengths.max()), dtype=torch.long)
-        for row, ids in enumerate(items):
-            tokens[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        return {"tokens": tokens, "lengths": lengths}
+        lengths = [len(ids) for ids in items]
+        width = max(lengths)  # padded with <pad> (0) in Python: one tensor made, not one a row
+        tokens = torch.tensor([[*ids, *[0] * (width - len(ids))] for ids in items], dtype=torch.long)
+        return {"tokens": tokens, "lengths": torch.tensor(lengths, dtype=torch.long)}
 
 
 def read_word_vectors(path: str, vocab: Vocabulary, dim: int) -> tuple[torch.Tensor, int]:
