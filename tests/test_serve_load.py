@@ -57,14 +57,14 @@ def test_a_query_that_fails_in_a_batch_fails_alone(index, gallery_index, monkeyp
     from xmcore.errors import XmcoreError
     from xmcore.search.batching import QueryBatcher
 
-    search_many = type(index).search_many
+    embed_queries = type(index).embed_queries
 
-    def refusing(self, modality, queries, k=10, target=None):  # search() calls it too, with one query
+    def refusing(self, modality, queries):  # as an encoder refuses an item it cannot read
         if "refused" in queries:
             raise XmcoreError("this query is refused")
-        return search_many(self, modality, queries, k, target)
+        return embed_queries(self, modality, queries)
 
-    monkeypatch.setattr(type(index), "search_many", refusing)
+    monkeypatch.setattr(type(index), "embed_queries", refusing)
     batcher = QueryBatcher(index, wait_ms=20)
 
     async def together():
@@ -94,6 +94,83 @@ def test_the_server_batches_concurrent_requests_unless_told_not_to(index, galler
     assert batcher.queries == len(asked) and (batcher.batches < len(asked) if wait_ms else batcher.batches == len(asked))
     for (text, target, k), answer in zip(asked, answers, strict=True):
         assert [r["id"] for r in answer.json()["results"]] == [r["id"] for r in index.search("text", text, k, target)]
+
+
+def test_batches_are_embedded_while_the_one_before_is_searched(index, monkeypatch):
+    """The model's thread embeds the next batch while the index's thread searches the last: with a search
+    that takes 0.3 s, the second batch's embedding starts before the first batch's search ends."""
+    from xmcore.search.batching import QueryBatcher
+
+    events, embed_queries, search_vectors = [], type(index).embed_queries, type(index).search_vectors
+
+    def embedding(self, modality, queries):
+        events.append(("embed", queries[0], time.perf_counter()))
+        return embed_queries(self, modality, queries)
+
+    def searching(self, target, vectors, k):
+        time.sleep(0.3)
+        events.append(("searched", len(vectors), time.perf_counter()))
+        return search_vectors(self, target, vectors, k)
+
+    monkeypatch.setattr(type(index), "embed_queries", embedding)
+    monkeypatch.setattr(type(index), "search_vectors", searching)
+    batcher = QueryBatcher(index, wait_ms=5)
+
+    async def two_waves():
+        first = [asyncio.ensure_future(batcher.answer("text", q, 3, "image")) for q in ("a red circle", "a red square")]
+        await asyncio.sleep(0.1)  # the first batch is in the index's thread by now
+        second = [asyncio.ensure_future(batcher.answer("text", q, 3, "image")) for q in ("a blue circle",)]
+        return await asyncio.gather(*first, *second)
+
+    try:
+        answers = asyncio.run(two_waves())
+    finally:
+        batcher.close()
+    assert [len(results) for results, _ in answers] == [3, 3, 3] and batcher.batches == 2
+    (_, _, first_embedded), (_, _, second_embedded) = [e for e in events if e[0] == "embed"]
+    first_searched = next(t for kind, n, t in events if kind == "searched" and n == 2)
+    assert second_embedded < first_searched, events
+
+
+def test_plain_text_searches_skip_fastapi_and_get_the_routes_own_answer(gallery_index, plugins):
+    """GET /search with plainly valid parameters is answered by the fast path; the same search with one more
+    parameter (unknown, so the route answers it) gets the same bytes and headers.  Anything else goes to the
+    route: its errors are the route's."""
+    from fastapi.testclient import TestClient
+
+    from xmcore.search import SearchIndex
+    from xmcore.search.server import TextSearchFastPath, create_app
+
+    app = create_app(SearchIndex(gallery_index, plugins), batch_wait_ms=1)
+    with TestClient(app) as client:
+        stack, fast = app.middleware_stack, None
+        while fast is None and stack is not None:
+            fast = stack if isinstance(stack, TextSearchFastPath) else None
+            stack = getattr(stack, "app", None)
+        assert fast is not None
+        for params in ({"text": "a red circle"}, {"text": "a blue square", "k": "3"},
+                       {"text": "the green triangle", "k": "7", "target": "text"}, {"text": "zorblax quux", "k": "2"}):
+            taken = fast.taken
+            quick = client.get("/search", params=params)
+            assert fast.taken == taken + 1
+            routed = client.get("/search", params={**params, "via": "route"})
+            assert fast.taken == taken + 1
+            assert quick.status_code == routed.status_code == 200
+            assert quick.content == routed.content
+            assert {k: v for k, v in quick.headers.items()} == {k: v for k, v in routed.headers.items()}
+        taken = fast.taken
+        for params, status, detail in [
+            ({"text": "   "}, 422, "text: expected 1 to 1000 characters (empty: only spaces)"),
+            ({"text": "a red circle", "k": "0"}, 422, "k: expected a whole number from 1 to 100"),
+            ({"text": "a red circle", "k": "+3"}, 200, None),
+            ({"text": "a red circle", "target": "sound"}, 422, "target: expected one of image, text, got 'sound'"),
+            ({"k": "3"}, 422, "text: expected 1 to 1000 characters (required)"),
+            ({"text": "x" * 1001}, 422, "text: expected 1 to 1000 characters"),
+        ]:
+            answer = client.get("/search", params=params)
+            assert answer.status_code == status, (params, answer.text)
+            assert detail is None or answer.json()["detail"].startswith(detail), (params, answer.text)
+        assert fast.taken == taken  # none of these was plain: the route answered each
 
 
 @pytest.mark.parametrize("option,value,message", [

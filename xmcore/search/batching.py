@@ -1,12 +1,18 @@
 """Concurrent queries through the model as batches (``xmcore serve --batch-wait-ms``).
 
 The server's event loop collects the searches that arrive within ``wait_ms`` of the first (or until
-``max_batch``); one worker thread, which alone runs the model, embeds the queries of one modality as one
-batch and searches FAISS with the whole matrix; the loop hands each caller its own results.  Searches
-that arrive while a batch runs form the next one.  Queries are grouped by (modality, target, k): a batch
-searches with one k, so an approximate index (HNSW's candidate list grows with k) answers each query as it
-would alone.  An encoder embeds an item of a batch as it embeds it alone (they mask their padding) up to
-float rounding, so the results are those of one query at a time (tests/test_serve_load.py).
+``max_batch``).  A batch then goes through two stages, each one thread: the model's thread embeds the
+queries of one modality as one batch; the index's thread searches FAISS with the whole matrix and builds
+the results; the loop hands each caller its own.  The stages overlap: while one batch is searched, the
+next is embedded (both threads spend their time in torch and FAISS, which let go of the interpreter lock),
+and searches that arrive meanwhile form the batch after.  Only the model's thread runs the model and only
+the index's thread searches, so neither needs a lock.
+
+Queries are grouped by (modality, target, k): a batch searches with one k, so an approximate index (HNSW's
+candidate list grows with k) answers each query as it would alone.  An encoder embeds an item of a batch as
+it embeds it alone (they mask their padding) up to float rounding, so the results are those of one query at
+a time (tests/test_serve_load.py).  A group that fails to embed as a batch is embedded query by query, so
+that a bad query fails alone.
 
 ``wait_ms=0`` turns batching off: one query at a time behind a lock, in a thread of the server's
 threadpool, as before batching.
@@ -20,6 +26,8 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 
 @dataclass
@@ -41,10 +49,11 @@ class QueryBatcher:
         self.index, self.wait, self.max_batch = index, max(wait_ms, 0) / 1000, max(max_batch, 1)
         self.batching = self.wait > 0 and self.max_batch > 1
         self._lock = threading.Lock()  # not batching: one query at a time
-        self._model: ThreadPoolExecutor | None = None  # batching: the one thread that runs the model (when needed)
+        self._stages: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None  # batching: (model, index) threads
         self._pending: list[Pending] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._running = False
+        self._embedding = False  # a batch is in the model's thread: the next waits for it
+        self._searching = 0  # batches embedded, in or waiting for the index's thread
         self.batches = self.queries = 0  # how many went through the model: fewer batches than queries when batched
 
     def search(self, modality: str, query: Any, k: int, target: str | None) -> Answer:
@@ -62,32 +71,52 @@ class QueryBatcher:
         self._pending.append(pending)
         if len(self._pending) >= self.max_batch:
             self._flush(loop)
-        elif self._timer is None and not self._running:
+        elif self._timer is None and not self._busy():
             self._timer = loop.call_later(self.wait, self._flush, loop)
         return await pending.future
 
     def close(self) -> None:
-        """Stop the model's thread (the app's shutdown; a later search starts another: a test client's
+        """Stop the stages' threads (the app's shutdown; a later search starts others: a test client's
         lifespan may end and begin again around one app)."""
-        model, self._model = self._model, None
-        if model is not None:
-            model.shutdown(wait=True)
+        stages, self._stages = self._stages, None
+        for stage in stages or ():
+            stage.shutdown(wait=True)
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._running or not self._pending:
-            return  # the running batch flushes what waits when it ends
+        if self._busy() or not self._pending:
+            return  # the stage that is busy flushes what waits when its batch leaves
         batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
-        self._running = True
-        if self._model is None:
-            self._model = ThreadPoolExecutor(1, thread_name_prefix="xmcore-model")
-        loop.run_in_executor(self._model, self._answer_all, batch).add_done_callback(
-            lambda done: self._deliver(loop, batch, done))  # an asyncio future: called in the loop
+        self._embedding = True
+        if self._stages is None:
+            self._stages = (ThreadPoolExecutor(1, thread_name_prefix="xmcore-model"),
+                            ThreadPoolExecutor(1, thread_name_prefix="xmcore-index"))
+        model, searcher = self._stages
+        loop.run_in_executor(model, self._embed_all, batch).add_done_callback(  # an asyncio future: called in the loop
+            lambda done: self._embedded(loop, searcher, batch, done))
 
-    def _deliver(self, loop: asyncio.AbstractEventLoop, batch: list[Pending], done) -> None:
-        self._running = False
+    def _busy(self) -> bool:
+        """A batch is being embedded, or two wait for the index: a new one waits (and grows) meanwhile."""
+        return self._embedding or self._searching > 1
+
+    def _embedded(self, loop: asyncio.AbstractEventLoop, searcher: ThreadPoolExecutor, batch: list[Pending], done) -> None:
+        self._embedding = False
+        if done.exception() is not None:
+            self._deliver(batch, done)
+        else:
+            self._searching += 1
+            loop.run_in_executor(searcher, self._search_all, batch, done.result()).add_done_callback(
+                lambda searched: self._searched(loop, batch, searched))
+        self._flush(loop)  # what waited while this batch was embedded: into the model at once
+
+    def _searched(self, loop: asyncio.AbstractEventLoop, batch: list[Pending], done) -> None:
+        self._searching -= 1
+        self._deliver(batch, done)
+        self._flush(loop)
+
+    def _deliver(self, batch: list[Pending], done) -> None:
         outcomes = done.result() if done.exception() is None else [done.exception()] * len(batch)
         for pending, outcome in zip(batch, outcomes, strict=True):
             if pending.future.done():  # its caller went away
@@ -96,25 +125,48 @@ class QueryBatcher:
                 pending.future.set_exception(outcome)
             else:
                 pending.future.set_result(outcome)
-        if self._pending:  # they waited while this batch ran: at once
-            self._flush(loop)
 
-    def _answer_all(self, batch: list[Pending]) -> list[Answer | Exception]:
-        """In the model's thread: each group of the batch as one search."""
-        outcomes: list[Answer | Exception] = [None] * len(batch)  # type: ignore[list-item]
+    def _embed_all(self, batch: list[Pending]) -> list[Any]:
+        """In the model's thread: each group of the batch embedded as one; the vector (a row) or the error of
+        each query."""
+        vectors: list[Any] = [None] * len(batch)
         groups: dict[tuple[str, str, int], list[int]] = defaultdict(list)
         for i, pending in enumerate(batch):
             groups[(pending.modality, pending.target, pending.k)].append(i)
-        for (modality, target, k), members in groups.items():
+        for (modality, target, _), members in groups.items():
+            self.batches, self.queries = self.batches + 1, self.queries + len(members)
             try:
-                found = self.index.search_many(modality, [batch[i].query for i in members], k, target)
+                self.index.check_target(target)
+                found = self.index.embed_queries(modality, [batch[i].query for i in members])
             except Exception:  # noqa: BLE001 -- one query that fails must not fail the others: each alone, its own error
                 found = None
-            self.batches, self.queries = self.batches + 1, self.queries + len(members)
             for j, i in enumerate(members):
                 try:
-                    results = found[j] if found is not None else self.index.search(modality, batch[i].query, k, target)
-                    outcomes[i] = (results, self.index.query_warnings(modality, batch[i].query))
+                    vectors[i] = found[j] if found is not None else self._embed_one(batch[i])
+                except Exception as exc:  # noqa: BLE001 -- handed to its caller as it is
+                    vectors[i] = exc
+        return vectors
+
+    def _embed_one(self, pending: Pending):
+        self.index.check_target(pending.target)
+        return self.index.embed_queries(pending.modality, [pending.query])[0]
+
+    def _search_all(self, batch: list[Pending], vectors: list[Any]) -> list[Answer | Exception]:
+        """In the index's thread: the queries of each group that were embedded, searched as one matrix."""
+        outcomes: list[Answer | Exception] = [v if isinstance(v, BaseException) else None for v in vectors]
+        groups: dict[tuple[str, str, int], list[int]] = defaultdict(list)
+        for i, pending in enumerate(batch):
+            if outcomes[i] is None:
+                groups[(pending.modality, pending.target, pending.k)].append(i)
+        for (modality, target, k), members in groups.items():
+            try:
+                found = self.index.search_vectors(target, np.stack([vectors[i] for i in members]), k)
+            except Exception as exc:  # noqa: BLE001 -- handed to each caller of the group
+                found = [exc] * len(members)
+            for i, results in zip(members, found, strict=True):
+                try:
+                    outcomes[i] = results if isinstance(results, BaseException) else (
+                        results, self.index.query_warnings(modality, batch[i].query))
                 except Exception as exc:  # noqa: BLE001 -- handed to its caller as it is
                     outcomes[i] = exc
         return outcomes
