@@ -110,6 +110,22 @@ def test_a_changed_checkpoint_is_refused_by_evaluate(run_checkpoint, capfd):
     assert f"{checkpoint} (a checkpoint): member" in result.stderr and "does not match its checksum" in result.stderr
 
 
+def test_a_refused_checkpoint_leaves_no_evaluation_folder_but_keeps_a_users_out(run_checkpoint, tmp_path, capfd):
+    run, checkpoint = run_checkpoint
+    flip_byte(checkpoint)
+    before = set((run / "evaluations").iterdir()) if (run / "evaluations").is_dir() else set()
+    result = cli(capfd, "evaluate", run)
+    assert result.returncode == 2
+    error = [line for line in result.stderr.splitlines() if not line.startswith("note:")]
+    assert len(error) == 1 and error[0].startswith(f"error: {checkpoint} (a checkpoint)"), result.stderr
+    after = set((run / "evaluations").iterdir()) if (run / "evaluations").is_dir() else set()
+    assert after == before
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    assert cli(capfd, "evaluate", run, "--out", existing).returncode == 2
+    assert existing.is_dir()  # the user's own folder, though empty, is theirs
+
+
 def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(run_checkpoint, tmp_path, capfd):
     run, checkpoint = run_checkpoint
     marker = tmp_path / "marker"

@@ -603,8 +603,35 @@ def evaluate_run(run_dir: Path, overrides: list[str], plugins: Plugins, out_dir:
     print(f"note: evaluating {checkpoint.relative_to(run_dir)}"
           + ("" if checkpoint.name == "best.ckpt" else " (the run has no best.ckpt: no validation ran)"), file=sys.stderr)
     out_dir = out_dir or run_dir / "evaluations" / time.strftime("%Y%m%d-%H%M%S")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    recipe, built, module, datamodule = rebuild_trained(run_dir, checkpoint, overrides, plugins, out_dir, "overrides")
-    write_yaml(out_dir / "recipe.yaml", recipe.resolved())
-    title = f"{recipe.name}: {checkpoint.name} on the {recipe.eval.split} split"
-    return evaluate_and_write(module, datamodule, built, recipe, out_dir, None, title, plugins=plugins), out_dir
+    created = make_dirs(out_dir)
+    try:
+        recipe, built, module, datamodule = rebuild_trained(run_dir, checkpoint, overrides, plugins, out_dir, "overrides")
+        write_yaml(out_dir / "recipe.yaml", recipe.resolved())
+        title = f"{recipe.name}: {checkpoint.name} on the {recipe.eval.split} split"
+        return evaluate_and_write(module, datamodule, built, recipe, out_dir, None, title, plugins=plugins), out_dir
+    except BaseException:
+        # A refused checkpoint or bad override must not leave an empty timestamped folder behind.
+        remove_if_empty(created)
+        raise
+
+
+def make_dirs(path: Path) -> list[Path]:
+    """``path.mkdir(parents=True, exist_ok=True)``, returning the folders it created, deepest first."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def remove_if_empty(created: list[Path]) -> None:
+    """Remove the folders :func:`make_dirs` created (deepest first) while they hold nothing: a folder
+    that existed before, or holds a file, is kept."""
+    for folder in created:
+        for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            try:
+                sub.rmdir()
+            except OSError:
+                pass
+        try:
+            folder.rmdir()
+        except OSError:
+            return
