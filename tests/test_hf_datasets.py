@@ -137,6 +137,32 @@ def test_a_row_without_an_image_is_skipped_with_its_reason(plugins, tmp_path):
     assert problem["item"].endswith("p.parquet:row 2") and "no image in row 2" in problem["reason"]
 
 
+def test_an_image_feature_whose_path_a_symbolic_link_leads_out_of_the_folder_is_refused(plugins, tmp_path):
+    """As for path columns and every dataset of files: a datasets Image feature without bytes whose path is
+    reached through a symbolic link out of the table's folder is skipped and reported, and never opened; a
+    link that stays inside is fine."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data, outside = tmp_path / "data", tmp_path / "private"
+    write_image(outside / "secret.png", "red")
+    write_image(data / "pics" / "g.png", "green")
+    (data / "pics" / "leak.png").symlink_to(outside / "secret.png")
+    (data / "pics" / "alias.png").symlink_to(data / "pics" / "g.png")
+    (data / "shared").symlink_to(outside, target_is_directory=True)
+    cells = [{"bytes": None, "path": p} for p in ("pics/g.png", "pics/leak.png", "shared/secret.png", "pics/alias.png")]
+    pq.write_table(pa.table({"image": cells, "caption": ["green", "leak", "folder leak", "alias"]}), data / "p.parquet")
+    (split,) = read(plugins, data, path="p.parquet", split_ratios=(1, 0, 0)).splits.values()
+    cleaned, report = clean_split(split)
+    assert sorted(colour(image) for image in cleaned.items["image"]) == ["green", "green"]
+    reasons = {p["item"].rsplit(":", 1)[1]: p["reason"] for p in report["problems"]}
+    assert set(reasons) == {"row 1", "row 2"}, report
+    assert all("symbolic link out of the data folder" in r for r in reasons.values()), reasons
+    leak = next(image for image in split.items["image"] if str(image).endswith("row 1"))
+    with pytest.raises(PermissionError, match="symbolic link out of the data folder"):
+        materialize(leak)
+
+
 def test_images_are_read_in_dataloader_workers(plugins, tmp_path):
     """Items reach worker processes (pickled or forked) and read their row groups there."""
     import torch

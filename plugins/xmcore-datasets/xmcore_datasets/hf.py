@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from xmcore.data import ImageFile, LazyItem, RetrievalData, Split, image_problem, seeded_split
+from xmcore.data import ImageFile, LazyItem, RetrievalData, Split, image_problem, outside_folder, seeded_split
 from xmcore.errors import XmcoreError
 from xmcore_datasets.webdataset import MissingImage
 
@@ -55,6 +55,16 @@ class TableImage(LazyItem):
     def load(self):
         from xmcore.media import open_image
 
+        value = self._value()
+        if isinstance(value, Path):
+            problem = outside_folder(value, self.file.parent)
+            if problem:  # check() says so first; this keeps load() from following the link all the same
+                raise PermissionError(problem)
+            return open_image(value)
+        return open_image(io.BytesIO(value))
+
+    def _value(self) -> bytes | Path:
+        """The cell's picture: its bytes, or the path of its file (relative paths: to the table's folder)."""
         value = _cell(self)
         if isinstance(value, dict):  # a datasets Image feature: bytes, or else a path
             value = value.get("bytes") or value.get("path")
@@ -62,10 +72,20 @@ class TableImage(LazyItem):
             raise FileNotFoundError(f"no image in row {self.row} of column '{self.column}'")
         if isinstance(value, str):
             path = Path(value).expanduser()
-            return open_image(path if path.is_absolute() else self.file.parent / path)
-        return open_image(io.BytesIO(value))
+            return path if path.is_absolute() else self.file.parent / path
+        return value
 
     def check(self) -> str | None:
+        """Why the picture cannot be used, or ``None``; a path cell that a symbolic link leads out of the
+        table's folder is refused, as for every dataset of files (``xmcore.data.outside_folder``)."""
+        try:
+            value = self._value()
+        except Exception as exc:  # noqa: BLE001 -- a cell that cannot be read: the reason is the problem
+            return f"unreadable image ({type(exc).__name__}: {exc})"
+        if isinstance(value, Path):
+            problem = outside_folder(value, self.file.parent)
+            if problem:
+                return problem
         return image_problem(self.load)
 
     def fingerprint(self) -> str:
