@@ -216,6 +216,24 @@ def test_a_clip_at_another_rate_is_resampled():
     assert (unresampled["mel"] - at_16k["mel"]).abs().mean() > 5 * (at_8k["mel"] - at_16k["mel"]).abs().mean()
 
 
+def test_resampling_keeps_one_transform_per_rate_and_gives_torchaudio_functional_resamples_samples():
+    """The sinc kernel is built once per source rate (a kept torchaudio.transforms.Resample), not for every
+    clip; the samples are the functional's, whose description the feature cache keys on."""
+    import torchaudio
+
+    pre = audio_encoder(sample_rate=16000, n_mels=16, max_seconds=1.0).preprocessor
+    rng = np.random.default_rng(0)
+    for rate in (44100, 22050, 8000, 44100):
+        samples = rng.uniform(-1, 1, int(rate * 0.7)).astype(np.float32)
+        expected = torchaudio.functional.resample(torch.from_numpy(samples), rate, 16000)
+        torch.testing.assert_close(pre.waveform(Clip(samples, rate)), expected, atol=1e-5, rtol=0)
+    first = pre.resampler(44100)
+    assert isinstance(first, torchaudio.transforms.Resample) and sorted(pre._resamplers) == [8000, 22050, 44100]
+    pre.waveform(Clip(tone(0.3, 44100), 44100))
+    assert pre.resampler(44100) is first  # a second clip of a rate reuses its transform
+    assert pickle.loads(pickle.dumps(pre))._resamplers == {}  # workers get the description, not the kernels
+
+
 def test_preprocessor_description_names_every_setting():
     """The description is part of the feature-cache key: each setting changes it."""
     base = dict(sample_rate=8000, n_mels=16, win_ms=25.0, hop_ms=10.0, max_seconds=1.0)

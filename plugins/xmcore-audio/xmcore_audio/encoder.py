@@ -3,7 +3,10 @@
 The image models that AST and PANNs start from read spectrograms as pictures;
 here any timm CNN does (``in_chans=1``).  The front end runs in the
 preprocessor (a DataLoader worker): resample to the encoder's rate
-(``torchaudio.functional.resample``), cut into windows of ``max_seconds``, and
+(a ``torchaudio.transforms.Resample`` kept per source rate: its sinc kernel is
+built once, not for every clip as ``torchaudio.functional.resample`` does; built
+in float32 as the functional builds it for float32 clips, it gives the same
+samples), cut into windows of ``max_seconds``, and
 turn each window into a log-mel spectrogram (``torchaudio.transforms``
 ``MelSpectrogram`` + ``AmplitudeToDB``).
 
@@ -49,6 +52,7 @@ class LogMelPreprocessor(Preprocessor):
         self.n_fft = 1 << max(0, math.ceil(math.log2(self.win_length)))
         self.window_samples = int(round(self.sample_rate * self.max_seconds))
         self._mel = None  # built lazily in each process: a plain, picklable description travels to workers
+        self._resamplers: dict[int, Any] = {}  # source rate -> torchaudio.transforms.Resample, likewise
 
     @property
     def frames(self) -> int:
@@ -69,15 +73,24 @@ class LogMelPreprocessor(Preprocessor):
         return self._mel
 
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "_mel"} | {"_mel": None}
+        return self.__dict__ | {"_mel": None, "_resamplers": {}}
+
+    def resampler(self, rate: int):
+        """The transform from ``rate`` to the encoder's rate, made on first use of ``rate`` and kept."""
+        rate, kept = int(rate), self.__dict__.setdefault("_resamplers", {})
+        if rate not in kept:
+            import torchaudio
+
+            # float32: the kernel the functional builds for a float32 clip, so the samples are the same
+            kept[rate] = torchaudio.transforms.Resample(rate, self.sample_rate, dtype=torch.float32)
+        return kept[rate]
 
     def waveform(self, clip: Clip) -> torch.Tensor:
         """The clip as mono float32 at the encoder's rate."""
         wave = torch.from_numpy(np.asarray(clip.samples, dtype=np.float32)).reshape(-1)
         if clip.sample_rate != self.sample_rate:
-            import torchaudio
-
-            wave = torchaudio.functional.resample(wave, clip.sample_rate, self.sample_rate)
+            with torch.no_grad():
+                wave = self.resampler(clip.sample_rate)(wave)
         return wave
 
     def __call__(self, clip: Clip) -> dict[str, torch.Tensor]:
