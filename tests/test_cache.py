@@ -1,6 +1,7 @@
 """The frozen-feature cache: hits for the same encoder and data, exact invalidation, no half-used entries."""
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -102,3 +103,42 @@ def test_cache_cli(tmp_path, capfd):
     cleared = cli(capfd, "cache", "clear", "--dir", tmp_path)
     assert cleared.returncode == 0 and "removed 1 entries" in cleared.stdout
     assert list_entries(tmp_path) == []
+
+
+def test_partial_folders_carry_the_host_and_only_this_hosts_pids_are_judged(tmp_path, monkeypatch):
+    """A cache shared between machines (NFS): another host's partial folder is in use until it is
+    ``ABANDONED_AFTER_S`` old, whatever its pid means here; this host's are judged by their pid."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from xmcore import cache
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout)
+    host = cache._host()
+    assert host == socket.gethostname().replace("/", "_")
+    entry = tmp_path / "0123abcd"
+    planted = {
+        "other-fresh": entry.with_name(f"{entry.name}.partial-other-host.example-{dead}"),
+        "other-old": entry.with_name(f"{entry.name}.partial-other-host.example-{os.getpid()}"),
+        "mine-dead": entry.with_name(f"{entry.name}.partial-{host}-{dead}"),
+        "mine-alive": entry.with_name(f"{entry.name}.partial-{host}-{os.getppid()}"),
+        "old-style-dead": entry.with_name(f"{entry.name}.partial-{dead}"),
+    }
+    for folder in planted.values():
+        folder.mkdir()
+        (folder / "part-0000.safetensors").write_bytes(b"half")
+    long_ago = time.time() - cache.ABANDONED_AFTER_S - 60
+    for path in (planted["other-old"] / "part-0000.safetensors", planted["other-old"]):
+        os.utime(path, (long_ago, long_ago))
+
+    renamed = []
+    replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (renamed.append(Path(src).name), replace(src, dst))[1])
+    cache.write_entry(entry, torch.ones(3, 2), {"encoder": "fixed"})
+    assert renamed[-1] == f"{entry.name}.partial-{host}-{os.getpid()}"  # the entry's rename, after meta.json's
+    left = {name for name, folder in planted.items() if folder.exists()}
+    assert left == {"other-fresh", "mine-alive"}
+    assert cache.read_entry(entry, 3) is not None

@@ -13,8 +13,10 @@ instead of encoding again.  An entry's key hashes everything the features depend
 An entry is a folder of safetensors shards plus ``meta.json``, written last and
 atomically, holding each shard's sha256.  A folder without a valid ``meta.json``, or
 whose shards do not match it, is an interrupted or corrupted write: it is deleted and
-rebuilt, never half-used.  An entry is written in a folder ``<key>.partial-<pid>`` renamed
-into place when whole; one a killed writer left is removed by the next write of its key.
+rebuilt, never half-used.  An entry is written in a folder ``<key>.partial-<host>-<pid>`` renamed
+into place when whole; one a killed writer left is removed by the next write of its key.  The cache
+may be shared between machines (NFS): a pid is judged alive or dead only on its own host; another
+host's partial folder is taken to be in use until it is older than ``ABANDONED_AFTER_S``.
 
 The folder is ``cache.dir`` in the recipe (relative to the recipe's folder, or to the working
 directory when typed on the command line), else ``$XMCORE_CACHE_DIR``, else
@@ -37,6 +39,8 @@ import torch
 from xmcore.io import file_sha256, write_json
 
 SHARD_ROWS = 65536
+# Another host's partial folder untouched this long is abandoned: no write of one entry takes a day.
+ABANDONED_AFTER_S = 24 * 3600
 
 
 def cache_dir(configured: str | None = None) -> Path:
@@ -115,7 +119,7 @@ def read_entry(folder: Path, count: int) -> torch.Tensor | None:
 def write_entry(folder: Path, features: torch.Tensor, described: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
-    partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
+    partial = folder.with_name(folder.name + f".partial-{_host()}-{os.getpid()}")
     remove_abandoned(folder)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -131,12 +135,38 @@ def write_entry(folder: Path, features: torch.Tensor, described: dict[str, Any])
 
 
 def remove_abandoned(folder: Path) -> None:
-    """Remove the partial folders (``<key>.partial-<pid>``) of an entry whose writers are gone: a process
-    killed while writing leaves one, never renamed into place.  Another live process's is left alone."""
+    """Remove the partial folders (``<key>.partial-<host>-<pid>``) of an entry whose writers are gone: a
+    process killed while writing leaves one, never renamed into place.  This host's are judged by their
+    pid; another host's pid means nothing here, so its folder is left alone until it is older than
+    ``ABANDONED_AFTER_S``.  An old-style ``<key>.partial-<pid>`` (xmcore before host names) is judged by
+    its pid on this host, as it was then."""
     for partial in folder.parent.glob(f"{folder.name}.partial-*"):
-        pid = partial.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        writer = partial.name[len(folder.name) + len(".partial-"):]
+        host, _, pid = writer.rpartition("-")
+        if not pid.isdigit():
+            continue  # not a name write_entry makes
+        if host in ("", _host()):
+            abandoned = not _alive(int(pid))
+        else:
+            abandoned = time.time() - _last_touched(partial) > ABANDONED_AFTER_S
+        if abandoned:
             shutil.rmtree(partial, ignore_errors=True)
+
+
+def _host() -> str:
+    """This machine's name as a partial folder carries it (no path separators)."""
+    import re
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "unknown"
+
+
+def _last_touched(folder: Path) -> float:
+    """The newest modification time of a folder and the files in it (a writer adding shards touches it)."""
+    try:
+        return max([folder.stat().st_mtime, *(p.stat().st_mtime for p in folder.iterdir())])
+    except OSError:  # removed meanwhile
+        return time.time()
 
 
 def _alive(pid: int) -> bool:
