@@ -231,6 +231,20 @@ def test_explain_writes_the_overlay_the_map_and_the_words_from_a_run(capfd, trai
     record = _check_outputs(tmp_path / "out", text, size=(72, 64))
     assert "score (cosine):" in result.stdout and "words for the match (integrated-gradients), strongest first:" in result.stdout
     assert f"{record['score']:.4f}" in result.stdout
+    grid = record["image"]["details"]["grid"]  # Grad-CAM's [rows, columns]: a JSON list, not the text "[8, 8]"
+    assert isinstance(grid, list) and len(grid) == 2 and all(type(n) is int and n > 0 for n in grid), grid
+
+
+def test_details_keep_lists_tuples_and_arrays_as_json_lists():
+    from xmcore.explain.outputs import _plain
+
+    details = {"grid": [8, 8], "box": (1, 2.5, "px"), "nested": [(1, 2), [3, [4, "five"]]], "array": np.arange(3),
+               "tensor": torch.tensor([[1.5], [2.0]]), "scalar": np.float32(0.5), "count": np.int64(7),
+               "flag": True, "none": None, "layer": "model.layer4", "more": {"pair": (1, 2)}}
+    assert json.loads(json.dumps(_plain(details))) == {
+        "grid": [8, 8], "box": [1, 2.5, "px"], "nested": [[1, 2], [3, [4, "five"]]], "array": [0, 1, 2],
+        "tensor": [[1.5], [2.0]], "scalar": 0.5, "count": 7, "flag": True, "none": None, "layer": "model.layer4",
+        "more": {"pair": [1, 2]}}
 
 
 def test_explain_from_an_index_folder_gives_the_runs_explanation(capfd, trained_run, gallery_index, tmp_path):

@@ -51,6 +51,8 @@ def test_json_gives_the_score_the_map_and_the_words(client, gallery_index, texts
     assert [w["word"] for w in words] == text.split() and body["words_by"] == "integrated-gradients"
     assert all(text[w["start"]:w["end"]] == w["word"] for w in words)
     assert any(abs(w["attribution"]) > 0 for w in words) and body["notes"] == []
+    grid = body["map"]["details"]["grid"]  # Grad-CAM's [rows, columns]: a JSON list, not the text "[8, 8]"
+    assert isinstance(grid, list) and len(grid) == 2 and all(type(n) is int and n > 0 for n in grid), grid
 
 
 def test_the_map_and_the_words_follow_the_text(client, texts):
@@ -169,6 +171,10 @@ def test_the_openapi_schema_documents_explain(client):
     assert {"404", "409", "422"} <= set(operation["responses"])
     assert operation["responses"]["404"]["content"]["application/json"]["schema"]["$ref"].endswith("/Detail")
     assert {p["name"] for p in operation["parameters"]} == {"item", "text", "method", "format"}
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    details = schemas["ExplainedMap"]["properties"]["details"]["additionalProperties"]
+    assert details == {"$ref": "#/components/schemas/DetailValue"}  # a value may be a list (a grid's [8, 8])
+    assert {"items": {"$ref": "#/components/schemas/DetailValue"}, "type": "array"} in schemas["DetailValue"]["anyOf"]
 
 
 @pytest.mark.parametrize("size,drawn", [((2000, 1500), (1024, 768)), ((40, 30), (360, 270)), ((300, 300), (300, 300))])

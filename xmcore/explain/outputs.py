@@ -163,16 +163,26 @@ def _draw_words(fig, text: str, words: Explanation | None) -> None:
 
 
 def _plain(details: dict[str, Any]) -> dict[str, Any]:
-    """Details made JSON-safe (numbers as floats, anything else as text)."""
-    out = {}
-    for key, value in details.items():
-        if isinstance(value, (bool, int, float, str)) or value is None:
-            out[key] = value
-        elif np.ndim(value) == 0:
-            out[key] = float(value)
-        else:
-            out[key] = str(value)
-    return out
+    """Details made JSON-safe: numbers, text, booleans and None as they are; lists, tuples and arrays as JSON lists
+    (nested as given); a dict as an object; a numpy or torch scalar as its number; anything else as text."""
+    return {str(key): _plain_value(value) for key, value in details.items()}
+
+
+def _plain_value(value: Any) -> Any:
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return _plain(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain_value(v) for v in value]
+    if hasattr(value, "tolist") and np.ndim(value) > 0:  # a numpy array, a torch tensor
+        return _plain_value(value.tolist())
+    if hasattr(value, "item") and np.ndim(value) == 0:  # a numpy or torch scalar: its Python number
+        return _plain_value(value.item())
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def coarse_map(values: np.ndarray, most: int = 64) -> np.ndarray:

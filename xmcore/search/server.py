@@ -50,13 +50,14 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
+from typing_extensions import TypeAliasType
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -218,12 +219,17 @@ class ExplainedWord(BaseModel):
     read: bool  # False: the text model read no token of it
 
 
+# A value of an explanation's details as xmcore.explain.outputs._plain leaves it: lists stay lists (a grid's [8, 8]).
+DetailValue = TypeAliasType("DetailValue", Union[bool, int, float, str, None, list["DetailValue"],  # noqa: UP007
+                                                 dict[str, "DetailValue"]])
+
+
 class ExplainedMap(BaseModel):
     shape: list[int]  # [rows, columns] of values: the item's map shrunk to at most EXPLAIN_GRID a side
     values: list[list[float]]  # rows top to bottom, > 0 where the item raises the score
     size: list[int]  # the full map's [rows, columns]: a picture's [height, width] in pixels
     peak: list[float]  # [x, y] of the full map's maximum, in its pixels
-    details: dict[str, Any]  # what the method says of itself (the layer Grad-CAM used...)
+    details: dict[str, DetailValue]  # what the method says of itself (the layer Grad-CAM used, its grid...)
     axes: dict[str, Any] | None  # a map over another item than a picture: its canvas's extent and axis labels
 
 
