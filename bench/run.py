@@ -32,6 +32,7 @@ BENCHMARKS = {
     "fuzz_recipes": (["--examples", "500"], []),
     "kill_resume": (["--trials", "2"], ["--full"]),
     "index_scale": (["--images", "200", "--repeat", "1", "--vectors", "200000"], []),
+    "serve_load": (["--seconds", "10", "--rounds", "1", "--clients", "8"], []),  # a quickstart index, built once
 }
 # the lines each benchmark prints that hold its result
 RESULT_MARKERS = ("ratio", "faster", "x python", "peak", "streaming", "full matrix", "queries/s", "bar:", "ms/clip", "load average",

@@ -1,5 +1,6 @@
 """`xmcore serve` under load: a closed set of clients on loopback, batched queries against one at a time.
 
+    python bench/serve_load.py                                    # a quickstart index built once into --work
     python bench/serve_load.py --index INDEX_DIR                  # 32 clients, 60 s per server setting
     python bench/serve_load.py --index INDEX_DIR --gallery 100000 --kind hnsw
     python bench/serve_load.py --index INDEX_DIR --clients 8 --seconds 10 --waits 0,2
@@ -17,6 +18,12 @@ load of other processes on a shared machine falls on each alike.  It prints requ
 latency, errors (any status but 200, any failed connection), the server's resident memory (RSS, from
 /proc) before and after, and the CPU time per request of the server and of the client (the client
 runs on the same machine: on a small one it takes a share of the cores), one row per setting.
+
+Without ``--index`` the script builds one, once, into ``--work``: the quickstart recipe trained briefly
+(one epoch of a few batches: the quickstart's model, untrained weights matter little to the server's speed)
+by `xmcore run`, then `xmcore index` of its test split (200 pictures, 1,000 captions), each written into a
+temporary folder and renamed when complete, so a later run reuses them and an interrupted one leaves nothing
+half-built.
 
 ``--gallery N`` serves a synthetic gallery of N pictures instead (written once into ``--work``): the
 index folder is copied with its model, and its image modality is replaced by the real embeddings of its
@@ -88,6 +95,46 @@ def synthetic_gallery(source: Path, out: Path, items: int, kind: str, seed: int 
     write_json(tmp / "manifest.json", manifest)
     tmp.replace(out)
     return out
+
+
+QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
+BRIEF = ["trainer.max_epochs=1", "trainer.limit_train_batches=5", "trainer.limit_val_batches=1",
+         "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false", "eval.report=false"]
+
+
+def _xmcore(*args: object) -> None:
+    result = subprocess.run([sys.executable, "-m", "xmcore", *map(str, args)], env=offline_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"xmcore {args[0]} failed (exit {result.returncode}): {result.stderr[-2000:]}")
+
+
+def _built_once(out: Path, build) -> Path:
+    """``out`` as it is when it exists; otherwise made by ``build(tmp)`` into a temporary sibling folder that is
+    renamed to ``out`` once complete (an interrupted build leaves no ``out`` behind)."""
+    if out.is_dir():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        build(tmp)
+        tmp.replace(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def quickstart_index(work: Path) -> Path:
+    """An index to serve when none is given: the quickstart trained briefly, its test split indexed (once)."""
+    run = work / "quickstart-run"
+    if not run.is_dir():
+        print(f"training the quickstart briefly into {run} (once) ...", flush=True)
+    _built_once(run, lambda tmp: _xmcore("run", QUICKSTART, "--out", tmp, *BRIEF))
+    index = work / "quickstart-index"
+    if not index.is_dir():
+        print(f"xmcore index {run} --split test -> {index} (once) ...", flush=True)
+    return _built_once(index, lambda tmp: _xmcore("index", run, "--out", tmp, "--split", "test"))
 
 
 def rss_mb(pid: int) -> float:
@@ -201,9 +248,10 @@ def captions(index: Path, limit: int = 2000) -> list[str]:
     return [r["caption"] for r in rows[:limit]] or ["a red circle"]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--index", type=Path, required=True, help="an index folder (xmcore index) with text captions")
+    parser.add_argument("--index", type=Path, help="an index folder (xmcore index) with text captions (default: the "
+                        "quickstart's, built once into --work)")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--waits", default="0,2", help="--batch-wait-ms settings to compare (default 0,2)")
@@ -211,18 +259,24 @@ def main(argv: list[str] | None = None) -> int:
                         "the settings taking turns (default 3)")
     parser.add_argument("--gallery", type=int, default=0, help="serve a synthetic gallery of this many pictures")
     parser.add_argument("--kind", default="hnsw", help="the synthetic gallery's FAISS index (default hnsw)")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/xmcore-serve-load"), help="where it is written")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/xmcore-serve-load"),
+                        help="where the default index and synthetic galleries are written (default /tmp/xmcore-serve-load)")
     parser.add_argument("--client", choices=("raw", "httpx"), default="raw",
                         help="raw: keep-alive connections through asyncio streams (little CPU, as wrk); httpx: "
                              "httpx.AsyncClient (about five times the client CPU a request; on a machine of few cores "
                              "the client then caps what is measured)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    index = args.index
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    source = args.index or quickstart_index(args.work)
+    index = source
     if args.gallery:
-        index = synthetic_gallery(args.index, args.work / f"gallery-{args.gallery}-{args.kind}", args.gallery, args.kind)
-    queries = captions(args.index)
+        index = synthetic_gallery(source, args.work / f"gallery-{args.gallery}-{args.kind}", args.gallery, args.kind)
+    queries = captions(source)
     print(f"{index}: {args.clients} {args.client} clients x {args.seconds:g} s of GET /search (k=10); load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
     print("| --batch-wait-ms | requests | requests/s | p50 ms | p99 ms | errors | server RSS before -> after (MB) "
