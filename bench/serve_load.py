@@ -275,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     source = args.index or quickstart_index(args.work)
     index = source
     if args.gallery:
-        index = synthetic_gallery(source, args.work / f"gallery-{args.gallery}-{args.kind}", args.gallery, args.kind)
+        made_from = file_sha256(source / "manifest.json")[:12]  # a gallery grown from another index is another folder
+        index = synthetic_gallery(source, args.work / f"gallery-{args.gallery}-{args.kind}-{made_from}", args.gallery,
+                                  args.kind)
     queries = captions(source)
     print(f"{index}: {args.clients} {args.client} clients x {args.seconds:g} s of GET /search (k=10); load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
