@@ -245,6 +245,8 @@ def test_details_keep_lists_tuples_and_arrays_as_json_lists():
         "grid": [8, 8], "box": [1, 2.5, "px"], "nested": [[1, 2], [3, [4, "five"]]], "array": [0, 1, 2],
         "tensor": [[1.5], [2.0]], "scalar": 0.5, "count": 7, "flag": True, "none": None, "layer": "model.layer4",
         "more": {"pair": [1, 2]}}
+    odd = {"nan": float("nan"), "inf": np.float32("inf"), "in_list": [1.0, float("-inf")]}
+    assert json.loads(json.dumps(_plain(odd), allow_nan=False)) == {"nan": None, "inf": None, "in_list": [1.0, None]}
 
 
 def test_explain_from_an_index_folder_gives_the_runs_explanation(capfd, trained_run, gallery_index, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,8 @@ def _plain(details: dict[str, Any]) -> dict[str, Any]:
 
 
 def _plain_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN or infinity (json.dumps would write a bare NaN no parser takes)
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
     if isinstance(value, dict):
@@ -180,7 +183,7 @@ def _plain_value(value: Any) -> Any:
     if hasattr(value, "item") and np.ndim(value) == 0:  # a numpy or torch scalar: its Python number
         return _plain_value(value.item())
     try:
-        return float(value)
+        return _plain_value(float(value))
     except (TypeError, ValueError):
         return str(value)
 
