@@ -17,6 +17,28 @@ def test_grid_parsing():
     assert keys == ["fusion.name", "seed"] and len(cells) == 4 and cells[1] == ["fusion.name=a", "seed=1"]
 
 
+def test_a_grid_over_the_bound_is_refused_before_anything_runs(tmp_path, capfd):
+    from xmcore.sweep import MAX_RUNS
+
+    recipe = ROOT / "recipes" / "quickstart.yaml"
+    seeds = ",".join(str(i) for i in range(MAX_RUNS + 1))
+    # no_such_key: should the bound not hold, the sweep stops at validation instead of training
+    result = cli(capfd, "sweep", recipe, f"seed={seeds}", "no_such_key=1", "--out", tmp_path / "sweep")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"the grid has {MAX_RUNS + 1} cells (seed ({MAX_RUNS + 1} values))" in result.stderr
+    assert f"bound of {MAX_RUNS} runs" in result.stderr and f"--max-runs {MAX_RUNS + 1}" in result.stderr
+    assert not (tmp_path / "sweep").exists()
+
+    axes = ["fusion.name=linear,nonlinear,adversarial", "seed=0,1,2"]
+    small = cli(capfd, "sweep", recipe, *axes, "no_such_key=1", "--max-runs", 8, "--out", tmp_path / "sweep")
+    assert small.returncode == 2 and "9 cells (fusion.name (3 values) x seed (3 values))" in small.stderr
+    # --max-runs 9 lets the grid through: the next check (every cell validated) is what stops it now
+    raised = cli(capfd, "sweep", recipe, *axes, "no_such_key=1", "--max-runs", 9, "--out", tmp_path / "sweep")
+    assert raised.returncode == 2 and "cells" not in raised.stderr and "no_such_key" in raised.stderr
+    assert "--max-runs: expected a positive number" in cli(capfd, "sweep", recipe, *axes, "--max-runs", 0).stderr
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_sweep_runs_the_grid_and_keeps_going_after_a_failure(plugins, tmp_path, capfd):
     recipe = tmp_path / "r.yaml"
     recipe.write_text((ROOT / "recipes" / "quickstart.yaml").read_text())

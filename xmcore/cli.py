@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("recipe")
     sw.add_argument("axes", nargs="+", metavar="KEY=V1,V2", help="e.g. fusion.name=linear,nonlinear seed=0,1,2")
     sw.add_argument("--out", type=Path, help="sweep directory (default: runs/sweep-<recipe name>-<timestamp>)")
+    sw.add_argument("--max-runs", type=int, default=None, metavar="N",
+                    help="run a grid of up to N cells (default: 256; a bigger grid is refused as a likely typo)")
 
     val = sub.add_parser("validate", help="check a recipe (overrides applied) without training")
     val.add_argument("recipe")
@@ -419,9 +421,11 @@ def _read_query_file(index, modality: str, path: Path):
 
 def cmd_sweep(args) -> int:
     from xmcore.plugins import load_plugins
-    from xmcore.sweep import run_sweep
+    from xmcore.sweep import MAX_RUNS, run_sweep
 
-    out, results = run_sweep(args.recipe, args.axes, args.out, load_plugins())
+    if args.max_runs is not None and args.max_runs < 1:
+        raise XmcoreError(f"--max-runs: expected a positive number of cells, got {args.max_runs}")
+    out, results = run_sweep(args.recipe, args.axes, args.out, load_plugins(), args.max_runs or MAX_RUNS)
     if any("metrics" in r and r["metrics"] is None for r in results):  # a DDP process other than rank 0
         return 0
     print((out / "sweep.md").read_text())

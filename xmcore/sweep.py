@@ -8,6 +8,9 @@ this process (frozen-encoder features come from the cache after the first).  A f
 recorded with its error and the sweep goes on.  The comparison groups cells by every axis except
 ``seed`` and reports each metric's mean, and its standard deviation over the seeds when a setting
 ran more than once.
+
+A grid of more than ``MAX_RUNS`` cells is refused before anything runs (``a=1,2,...,100`` crossed
+with another long axis is more often a typo than a plan); ``--max-runs N`` raises the bound.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from xmcore.errors import RecipeError
+from xmcore.errors import RecipeError, XmcoreError
 from xmcore.io import atomic_write_text, write_json
+
+MAX_RUNS = 256  # the most cells a sweep runs unless --max-runs says more
 
 
 def split_values(raw: str) -> list[str]:
@@ -41,9 +46,10 @@ def split_values(raw: str) -> list[str]:
     return parts
 
 
-def grid(axes: list[str]) -> tuple[list[str], list[list[str]]]:
+def grid(axes: list[str], max_runs: int = MAX_RUNS) -> tuple[list[str], list[list[str]]]:
     """The axes (keys given several values) and, per cell, all its overrides in the order given
-    (the cartesian product of the axes; keys given one value are in every cell)."""
+    (the cartesian product of the axes; keys given one value are in every cell).  A product of more
+    than ``max_runs`` cells is refused before it is built."""
     keys, values, problems = [], [], []
     for axis in axes:
         key, sep, raw = axis.partition("=")
@@ -58,14 +64,20 @@ def grid(axes: list[str]) -> tuple[list[str], list[list[str]]]:
     if problems:
         raise RecipeError(problems)
     swept = [k for k, v in zip(keys, values) if len(v) > 1]
+    cells = math.prod(len(v) for v in values)
+    if cells > max_runs:
+        sizes = " x ".join(f"{k} ({len(v)} values)" for k, v in zip(keys, values) if len(v) > 1)
+        raise XmcoreError(f"sweep: the grid has {cells:,} cells ({sizes}), more than the bound of {max_runs:,} runs; "
+                          f"check the axes for a typo, or run them all with --max-runs {cells}")
     return swept, [[f"{k}={v}" for k, v in zip(keys, combo)] for combo in itertools.product(*values)]
 
 
-def run_sweep(recipe_path: str, axes: list[str], out_dir: Path | None, plugins) -> tuple[Path, list[dict[str, Any]]]:
+def run_sweep(recipe_path: str, axes: list[str], out_dir: Path | None, plugins,
+              max_runs: int = MAX_RUNS) -> tuple[Path, list[dict[str, Any]]]:
     from xmcore.recipe import load_recipe, validate
     from xmcore.run import train_and_evaluate
 
-    keys, cells = grid(axes)
+    keys, cells = grid(axes, max_runs)
     fixed = {k: v for k, v in (o.split("=", 1) for o in cells[0]) if k not in keys}
     # Every cell is validated before the first one trains: a typo fails the sweep at once.
     recipes = []
