@@ -104,9 +104,10 @@ def test_an_on_disk_index_folder_opens_searches_moves_and_is_checksummed(trained
     assert result.returncode == 2 and "faiss/text.ivfdata" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_max_memory_chooses_the_parameters_and_says_why(trained_run, tmp_path, capfd, plugins):
+def test_max_memory_chooses_the_parameters_and_says_why(trained_run, tmp_path, capfd, plugins, monkeypatch):
     from xmcore.search import SearchIndex
 
+    monkeypatch.setattr("xmcore.search.ivf.FLAT_BELOW", 0)  # the test split is tiny: plan IVF-PQ all the same
     out = tmp_path / "budget"
     result = cli(capfd, "index", trained_run, "--out", out, "--split", "test", "--modality", "text",
                  "--max-memory", "1GB", "--on-disk")
@@ -128,3 +129,39 @@ def test_a_bad_or_too_small_budget_says_what_to_give(trained_run, tmp_path, capf
 def test_on_disk_needs_ivfpq(trained_run, tmp_path, capfd):
     result = cli(capfd, "index", trained_run, "--out", tmp_path / "idx", "--split", "test", "--index", "hnsw", "--on-disk")
     assert result.returncode == 2 and "--index ivfpq" in result.stderr
+
+
+def test_a_small_gallery_under_a_budget_gets_an_exact_flat_index():
+    from xmcore.errors import XmcoreError
+    from xmcore.search.ivf import FLAT_BELOW, parse_memory, plan_ivf
+
+    small = plan_ivf(500, 64, parse_memory("1GB"))
+    assert small.kind == "flat" and small.params() == {} and "flat (exact)" in small.why and "--on-disk" not in small.why
+    assert "--on-disk maps IVF-PQ's lists only" in plan_ivf(500, 64, parse_memory("1GB"), on_disk=True).why
+    assert plan_ivf(FLAT_BELOW, 64, parse_memory("1GB")).kind == "ivfpq"  # from the threshold on: IVF-PQ
+    # a budget the flat index does not fit is refused as before: IVF-PQ's training sample would need more
+    with pytest.raises(XmcoreError, match="too small for 9,000 vectors"):
+        plan_ivf(9_000, 1024, parse_memory("240MB"))
+
+
+def test_max_memory_on_a_few_hundred_items_searches_exactly(trained_run, tmp_path, capfd, plugins):
+    """``--max-memory`` (with ``--on-disk``) on 300 items: a flat index, said so, whose top k scores are the
+    brute-force ones over the index's own embedding shards."""
+    from xmcore.search.ivf import open_faiss
+
+    out = tmp_path / "small"
+    result = cli(capfd, "index", trained_run, "--out", out, "--split", "test", "--modality", "text",
+                 "--max-memory", "1GB", "--on-disk", "data.test=60")
+    assert result.returncode == 0, result.stderr
+    assert "-> a flat (exact) index" in result.stdout and "--on-disk maps IVF-PQ's lists only" in result.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = manifest["modalities"]["text"]
+    assert manifest["format"] == 2 and entry["count"] == 300  # 60 pictures, 5 captions each
+    assert entry["index"]["type"] == "flat" and not entry["index"]["on_disk"] and "flat" in entry["index"]["plan"]
+    vectors = np.concatenate([np.load(out / s["file"]) for s in entry["shards"]]).astype(np.float32)
+    queries = vectors[::10]
+    scores, _ = open_faiss(out, entry["index"]).search(queries, 10)
+    brute = -np.sort(-(queries @ vectors.T), axis=1)[:, :10]
+    np.testing.assert_allclose(scores, brute, rtol=0, atol=1e-5)
+    hits = json.loads(cli(capfd, "search", out, "--text", "a", "--target", "text", "--json", "-k", 3).stdout)
+    assert len(hits) == 3  # the CLI's search path opens it too

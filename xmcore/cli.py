@@ -102,7 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     idx.add_argument("--shard-size", type=int, default=50_000, help="rows per embeddings shard (default 50000)")
     idx.add_argument("--max-memory", metavar="SIZE",
                      help="IVF-PQ: a memory budget (e.g. 2GB) that chooses --nlist, --pq-m and the training sample as "
-                     "autofaiss does, and bounds the build: vectors are read from the shards a chunk at a time")
+                     "autofaiss does, and bounds the build: vectors are read from the shards a chunk at a time; below 10,000 "
+                     "vectors, an exact flat index where it fits")
     idx.add_argument("--on-disk", action="store_true",
                      help="IVF-PQ: inverted lists in an .ivfdata file (FAISS OnDiskInvertedLists), memory-mapped by a search")
     idx.add_argument("--shards", type=int, default=1, metavar="K",

@@ -7,7 +7,9 @@ What clip-retrieval does with autofaiss (criteo/autofaiss, ``external/optimize.p
   whose codes and ids (``m + 8`` bytes a vector) fit the budget, a training sample of 40 vectors a cell
   (FAISS warns below 39; autofaiss takes up to 100) bounded by what is left, and an HNSW coarse quantizer from 1,000 cells on
   (autofaiss's ``IVFn_HNSW32``): assigning millions of vectors to thousands of cells exactly is the slow
-  part of a build.
+  part of a build.  Below ``FLAT_BELOW`` vectors, where the flat index fits the budget, the plan is an exact
+  flat index instead (autofaiss does the same under 10,000): PQ's k-means has too few vectors a cell, and
+  exact search over so few is fast.
 - **Training on a sample, adding shard by shard** (:func:`build_parts`): the embedding shards are read
   a chunk at a time; no step holds every vector.
 - **Inverted lists on disk** (``on_disk``): vectors are added to per-chunk indexes written to disk, then
@@ -27,7 +29,7 @@ import os
 import re
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -40,6 +42,7 @@ RESERVE = 200 * 10**6  # what the interpreter, numpy and FAISS take before any v
 PQ_SIZES = (256, 128, 64, 48, 32, 24, 16, 8, 4)  # bytes a code, largest first (autofaiss's list; below d)
 TRAIN_PER_CELL = 40  # FAISS warns below 39; k-means, the longest step of a build, costs nlist^2 x this
 HNSW_FROM = 1000  # cells: from here on the coarse quantizer is an HNSW graph (as autofaiss)
+FLAT_BELOW = 10_000  # vectors: a smaller gallery gets an exact flat index when it fits (autofaiss's threshold)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
           "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
@@ -65,7 +68,8 @@ def human(n: float) -> str:
 
 @dataclass(frozen=True)
 class IvfPlan:
-    """IVF-PQ parameters for a gallery and a memory budget, and the reasons, in two lines."""
+    """IVF-PQ parameters for a gallery and a memory budget, and the reasons, in two lines; or, ``kind``
+    ``"flat"``, an exact flat index (a small gallery: the IVF-PQ fields are 0 and unused)."""
 
     nlist: int
     pq_m: int
@@ -75,9 +79,12 @@ class IvfPlan:
     quantizer: str  # "flat" or "hnsw32"
     chunk_rows: int  # rows held by one on-disk sub-index before it is written
     why: str
+    kind: str = "ivfpq"  # or "flat"
 
     def params(self) -> dict[str, int]:
         """As ``IndexOptions`` names them (kind ``ivfpq``, no exact re-ranking: that needs every vector)."""
+        if self.kind == "flat":
+            return {}
         return {"nlist": self.nlist, "pq_m": self.pq_m, "nbits": self.nbits, "nprobe": self.nprobe, "refine": 0}
 
 
@@ -103,6 +110,9 @@ def plan_ivf(count: int, dim: int, budget: int, on_disk: bool = False) -> IvfPla
     keeps them fast).  Raises a clear error when no PQ code fits."""
     if count < 1:
         raise XmcoreError("--max-memory: the gallery is empty; there is nothing to plan an index for")
+    flat = flat_plan(count, dim, budget, on_disk)
+    if flat is not None:
+        return flat
     nlist = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(count))))
     nlist = max(1, min(nlist, 2 ** int(math.log2(max(1, count // 39)))))  # >= 39 training vectors a cell
     nbits = 8 if count >= 39 * 256 else max(1, int(math.log2(max(2, count // 39))))
@@ -138,6 +148,20 @@ def plan_ivf(count: int, dim: int, budget: int, on_disk: bool = False) -> IvfPla
            f"build peak {human(peak(pq_m))}"
            + (", inverted lists on disk" if on_disk else ""))
     return IvfPlan(nlist, pq_m, nbits, nprobe, train_size, quantizer, sub_rows(pq_m), why)
+
+
+def flat_plan(count: int, dim: int, budget: int, on_disk: bool) -> IvfPlan | None:
+    """An exact flat index for a gallery below ``FLAT_BELOW`` vectors whose vectors (held once, plus a chunk
+    being added) fit ``budget``; else ``None``.  It is one plain file: ``on_disk`` maps IVF lists only."""
+    held = count * dim * 4
+    peak = RESERVE + held + min(count, CHUNK_ROWS) * dim * 4
+    if count >= FLAT_BELOW or peak > budget:
+        return None
+    why = (f"--max-memory {human(budget)}: {count:,} vectors of d={dim} -> a flat (exact) index ({human(held)}): "
+           f"below {FLAT_BELOW:,} vectors IVF-PQ has too few to train on and exact search is fast; estimated build "
+           f"peak {human(peak)}"
+           + (",\n  a plain file read whole when searched: --on-disk maps IVF-PQ's lists only" if on_disk else ""))
+    return IvfPlan(0, 0, 0, 0, 0, "", count, why, kind="flat")
 
 
 # ---------------------------------------------------------------------------------------------- reading shards
@@ -458,6 +482,10 @@ def write_index_parts(build, modality: str, shards: list[dict[str, Any]], added:
         plan = plan_ivf(count, dim, options.max_memory, options.on_disk) if options.max_memory else explicit_plan(count, options)
         if plan.why:
             print(f"{modality}: {plan.why}", flush=True)
+    why = plan.why if plan is not None else ""
+    if plan is not None and plan.kind == "flat":  # a small gallery under --max-memory: exact search
+        options = replace(options, kind="flat", on_disk=False)
+        plan = None
     parts = build_parts(files, counts, build.out_dir, f"faiss/{modality}{build.suffix}", options.shards,
                         new_index=lambda: new_faiss_index(dim, options), plan=plan, on_disk=options.on_disk)
     index = {"type": options.kind, "params": plan.params() if plan else options.params(),
@@ -465,7 +493,7 @@ def write_index_parts(build, modality: str, shards: list[dict[str, Any]], added:
     if plan is not None:
         index["quantizer"] = plan.quantizer
     if options.max_memory:
-        index.update(max_memory=options.max_memory, plan=plan.why)
+        index.update(max_memory=options.max_memory, plan=why)
     return {"count": count, "dim": dim, "shards": shards, "index": index}
 
 
