@@ -321,8 +321,9 @@ def _csv(value: str) -> list[str] | None:
 def _index_kind(args) -> str:
     """``--index``, ivfpq by default where --on-disk or --max-memory ask for it; they build nothing else."""
     if args.kind in ("flat", "hnsw") and (args.on_disk or args.max_memory):
-        raise XmcoreError(f"--on-disk and --max-memory build IVF-PQ (--index ivfpq); a {args.kind} index holds every "
-                          "vector in memory: leave them out, or use --index ivfpq")
+        raise XmcoreError(f"--on-disk and --max-memory plan the index themselves (IVF-PQ; exact flat for a gallery "
+                          f"under 10,000 vectors that fits); --index {args.kind} holds every vector in memory: leave "
+                          "them out, or leave out --index")
     return args.kind or ("ivfpq" if args.on_disk or args.max_memory else "flat")
 
 
