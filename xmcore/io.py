@@ -9,8 +9,9 @@ import errno
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 import yaml
 
@@ -44,11 +45,31 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> Path:
+    with _atomic_open(path) as f:
+        f.write(data)
+    return path
+
+
+@contextmanager
+def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file to write in pieces (for an output too large to hold in memory): a temporary file beside
+    ``path``, renamed over it when the block ends without an error, removed otherwise.  A write the file system
+    refuses is a :class:`WriteError` as for :func:`atomic_write_bytes`."""
+    path = Path(path)
+    try:
+        with _atomic_open(path) as f:
+            yield f
+    except OSError as exc:
+        raise _refused(path, exc) from None
+
+
+@contextmanager
+def _atomic_open(path: Path) -> Iterator[BinaryIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
@@ -56,7 +77,6 @@ def _atomic_write_bytes(path: Path, data: bytes) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:

@@ -18,7 +18,8 @@ from xmcore.io import file_sha256 as sha256
 from xmcore.search.faiss_index import IndexOptions, check_kind, new_faiss_index, read_faiss, train_sample, write_faiss
 from xmcore.search.folder import Build, metadata_part, previous_index, resume_state, write_manifest
 from xmcore.search.ivf import layered, write_index_parts
-from xmcore.search.gallery import GalleryItem, embed_shards, gallery_items, metadata_lines, shard_plan, write_metadata
+from xmcore.search.gallery import (GalleryItem, embed_shards, gallery_fingerprint, gallery_items, metadata_lines, shard_plan,
+                                   write_metadata)
 from xmcore.search.query import export_model
 
 
@@ -104,7 +105,7 @@ def _assemble(build: Build, gallery: dict[str, list[GalleryItem]], shard_size: i
         for name, _, _ in shard_plan(build, modality, len(items), shard_size):
             record = build.state["shards"][name]
             shards.append({"file": name, "rows": record["rows"]})
-            parts.append((build.out_dir / metadata_part(name)).read_text())
+            parts.append(build.out_dir / metadata_part(name))
             media_types.update(record["media_types"])
         metadata, media_types = write_metadata(build, modality, parts, media_types)
         entries[modality] = {**write_modality_index(build, modality, shards, len(items)), "metadata": metadata,
@@ -150,8 +151,6 @@ def _gallery(data, splits: list[str], modalities: list[str], previous) -> dict[s
 
 def _job(checkpoint_sha: str, recipe, splits, modalities, shard_size: int, previous, gallery) -> dict[str, Any]:
     """What a resumed build must share with the interrupted one: this exact command and this exact content."""
-    from xmcore.cache import data_fingerprint
-
     return {
         "checkpoint_sha256": checkpoint_sha,
         "recipe": recipe.resolved(),
@@ -159,7 +158,7 @@ def _job(checkpoint_sha: str, recipe, splits, modalities, shard_size: int, previ
         "modalities": modalities,
         "shard_size": shard_size,
         "add_to": previous["checksums"] if previous else None,
-        "content": {m: data_fingerprint([g.item for g in v]) for m, v in gallery.items()},
+        "content": {m: gallery_fingerprint(v) for m, v in gallery.items()},
     }
 
 

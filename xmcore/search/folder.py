@@ -29,7 +29,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,7 @@ class Build:
     options: IndexOptions
     state: dict[str, Any]  # building.json: the job and its finished shards
     suffix: str  # of the files an --add rewrites (the next generation's)
+    checksums: dict[str, str] = field(default_factory=dict)  # of files taken while writing them: not read again
 
     def before(self, modality: str) -> dict[str, Any] | None:
         return self.previous["modalities"][modality] if self.previous else None
@@ -186,6 +187,39 @@ def merge_rank_records(out_dir: Path, state: dict[str, Any]) -> dict[str, int]:
     return rows
 
 
+def check_rank_jobs(out_dir: Path, job: dict[str, Any]) -> None:
+    """Refuses, before rank 0 joins anything, a build in which a process listed another gallery (or ran another
+    job) than rank 0: each process records its job, with its gallery's fingerprint, as it starts embedding."""
+    ours = json.loads(json.dumps(job))
+    for path in rank_records(out_dir):
+        theirs = (_read_json(path) or {}).get("job")
+        if theirs != ours:
+            rank = int(path.stem.removeprefix("rank-"))
+            raise XmcoreError(
+                f"{path}: process {rank} embedded another gallery than process 0 ({_job_difference(ours, theirs)}); "
+                "every process must run the same command on the same data (the same --data overrides, the same "
+                "files): nothing was joined; fix that and run the command again (agreeing shards are kept)")
+
+
+def _job_difference(ours: dict[str, Any], theirs: dict[str, Any] | None) -> str:
+    """What differs, in words: ``"9 image items, process 0 has 8"`` and the like."""
+    if not isinstance(theirs, dict):
+        return "its record is unreadable"
+    differences = []
+    for modality, mine in ours["content"].items():
+        other = (theirs.get("content") or {}).get(modality)
+        if not isinstance(other, dict):
+            differences.append(f"no {modality} items listed")
+        elif other.get("count") != mine["count"]:
+            differences.append(f"{other.get('count')} {modality} items, process 0 has {mine['count']}")
+        elif other.get("items") != mine["items"]:
+            differences.append(f"{modality}: other items or another order")
+        elif other.get("listing") != mine["listing"]:
+            differences.append(f"{modality}: the same items with other metadata (split, label, owner)")
+    differences += [f"another {key}" for key in ours if key != "content" and ours[key] != theirs.get(key)]
+    return "; ".join(differences) or "another job"
+
+
 def write_manifest(build: Build, run_dir: Path, checkpoint: Path, checkpoint_sha: str, recipe, module,
                    source: dict[str, Any], modalities: dict[str, Any]) -> dict[str, Any]:
     """manifest.json, written last: the checksum of every file, the model and how it reads each modality."""
@@ -211,7 +245,8 @@ def write_manifest(build: Build, run_dir: Path, checkpoint: Path, checkpoint_sha
         "recipe": previous["recipe"] if previous else recipe.resolved(),  # the run's, --data applied
         "sources": (previous["sources"] if previous else []) + [source],
         "modalities": modalities,
-        "checksums": {str(p.relative_to(out_dir)): sha256(p) for p in listed},
+        "checksums": {rel: build.checksums.get(rel) or sha256(out_dir / rel)
+                      for rel in (str(p.relative_to(out_dir)) for p in listed)},
         "media_checksums": {p.name: sha256(p) for p in media},
     }
     write_json(out_dir / "manifest.json", manifest)

@@ -3,16 +3,17 @@ shards (each shard recorded in ``building.json`` once written, so that a rerun k
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from xmcore.errors import XmcoreError
-from xmcore.io import atomic_write_text, file_sha256 as sha256, write_json
+from xmcore.io import atomic_open, file_sha256 as sha256, write_json
 from xmcore.media import servable_type
 from xmcore.search.folder import Build, save_media, save_npy
 
@@ -77,6 +78,18 @@ def _split_items(split, split_name: str, modality: str, owners_indexed: bool, of
         owner = (first, offset_first + int(split.owner[j])) if modality != first and owners_indexed else None
         items.append(GalleryItem(item, meta, owner))
     return items
+
+
+def gallery_fingerprint(items: Sequence[GalleryItem]) -> dict[str, Any]:
+    """What tells two listings of a modality's gallery apart, cheaply: how many items, a hash of the items
+    themselves (as the feature cache fingerprints them) and one of their metadata and owners, all in order."""
+    from xmcore.cache import data_fingerprint
+
+    listing = hashlib.sha256()
+    for entry in items:
+        listing.update(json.dumps([entry.meta, entry.owner], sort_keys=True, default=str).encode())
+        listing.update(b"\n")
+    return {"count": len(items), "items": data_fingerprint([g.item for g in items]), "listing": listing.hexdigest()}
 
 
 def embed_rows(module, modality: str, items: Sequence[GalleryItem], batch_size: int, num_workers: int, progress) -> np.ndarray:
@@ -165,12 +178,37 @@ def metadata_lines(build: Build, modality: str, items: Sequence[GalleryItem], st
     return lines, media_types
 
 
-def write_metadata(build: Build, modality: str, lines: Sequence[str], media_types: set[str]) -> tuple[str, list[str]]:
+def write_metadata(build: Build, modality: str, parts: Sequence[str | Path], media_types: set[str]) -> tuple[str, list[str]]:
     """The modality's metadata file (an --add's rows after the earlier ones) and the media types of all its
-    items."""
+    items; ``parts`` are lines, or files of lines (what each process of a build on several processes wrote).
+
+    The earlier file and the part files are copied in blocks (:func:`join_files`), so that rank 0 joins
+    a gallery of any size in bounded memory; the checksum is taken on the way (``build.checksums``)."""
     before = build.before(modality)
     media_types = set(media_types) | set(before.get("media_types", []) if before else [])
     meta_rel = f"metadata/{modality}{build.suffix}.jsonl"
-    old = (build.out_dir / before["metadata"]).read_text() if before else ""
-    atomic_write_text(build.out_dir / meta_rel, old + "".join(lines))
+    earlier = [build.out_dir / before["metadata"]] if before else []
+    build.checksums[meta_rel] = join_files(build.out_dir / meta_rel, [*earlier, *parts])
     return meta_rel, sorted(media_types)
+
+
+# The most of a file join_files holds at once.
+JOIN_BLOCK = 1 << 20
+
+
+def join_files(path: Path, sources: Iterable[str | Path], block: int = JOIN_BLOCK) -> str:
+    """``path`` written atomically as ``sources`` one after another (a file copied ``block`` bytes at a time,
+    a string as UTF-8); its SHA-256."""
+    digest = hashlib.sha256()
+    with atomic_open(path) as out:
+        for source in sources:
+            if isinstance(source, str):
+                data = source.encode("utf-8")
+                out.write(data)
+                digest.update(data)
+                continue
+            with open(source, "rb") as part:
+                while data := part.read(block):
+                    out.write(data)
+                    digest.update(data)
+    return digest.hexdigest()

@@ -10,8 +10,10 @@ Lightning's DistributedSampler pads and interleaves, and stays out) and :class:`
 without a file of their own), and a record with both checksums in ``building/rank-<r>.json``.
 
 Rank 0 prepares the folder before anyone embeds (the datamodule's ``setup``, followed by Lightning's barrier:
-the resume state, with the records of an interrupted run merged into ``building.json``); after a barrier at
-the end it assembles the metadata, builds the FAISS index and writes the manifest (:mod:`xmcore.search.build`).
+the resume state, with the records of an interrupted run merged into ``building.json``).  Each rank records its
+job, with its gallery's fingerprint, as it starts; after a barrier at the end rank 0 refuses a rank that listed
+another gallery (:func:`~xmcore.search.folder.check_rank_jobs`), then joins the metadata parts in blocks,
+builds the FAISS index and writes the manifest (:mod:`xmcore.search.build`).
 A rerun after a kill keeps every recorded shard whose two files still match their checksums, whatever the
 number of processes before.
 """
@@ -32,7 +34,7 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 
 from xmcore.errors import XmcoreError
 from xmcore.io import atomic_write_text, file_sha256 as sha256, write_json
-from xmcore.search.folder import Build, merge_rank_records, metadata_part, rank_records, resume_state, save_npy
+from xmcore.search.folder import Build, check_rank_jobs, merge_rank_records, metadata_part, rank_records, resume_state, save_npy
 from xmcore.search.gallery import GalleryItem, Progress, metadata_lines, shard_plan
 
 # The trainer keys `xmcore index` reads: where and on how many processes to embed (nothing trains here).
@@ -162,6 +164,7 @@ class ShardWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer, pl_module) -> None:
         self.ready = time.perf_counter()
+        self._record(trainer.global_rank)  # its job, so that rank 0 sees a process that listed another gallery
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         index, embeddings = prediction
@@ -179,7 +182,10 @@ class ShardWriter(BasePredictionWriter):
         atomic_write_text(out / shard.metadata, "".join(lines))
         self.records[shard.file] = {"rows": shard.hi - shard.lo, "sha256": sha256(out / shard.file),
                                     "metadata_sha256": sha256(out / shard.metadata), "media_types": sorted(media_types)}
-        write_json(out / "building" / f"rank-{rank:05d}.json", {"job": self.job, "shards": self.records})
+        self._record(rank)
+
+    def _record(self, rank: int) -> None:
+        write_json(self.build.out_dir / "building" / f"rank-{rank:05d}.json", {"job": self.job, "shards": self.records})
 
 
 class EmbeddingProgress(pl.Callback):
@@ -231,6 +237,7 @@ def embed_with_trainer(build: Build, job: dict[str, Any], gallery: dict[str, lis
 def _report(build: Build, shards: list[Shard], world_size: int, started: float, ready: float | None) -> None:
     """Rank 0, once all are done: every shard recorded (``build.state``), and the pace said on stderr."""
     end = time.perf_counter()
+    check_rank_jobs(build.out_dir, build.state["job"])
     per_rank = merge_rank_records(build.out_dir, build.state)
     missing = [s.file for s in shards if not shard_done(build, s)]
     if missing:
