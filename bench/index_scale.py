@@ -18,12 +18,15 @@ memory      a memory-bounded IVF-PQ build (xmcore.search.ivf, inverted lists on 
             against --max-memory, recall@10 and queries/s against exact search (a flat index per shard, the
             top k merged by faiss.ResultHeap) on the same data, and the peak of the in-memory build beside it.
             Bars (issue 15): peak <= 2 GB, recall@10 >= 0.90 at >= 20x exact's QPS, at 5M x 256.
+join        rank 0 joining the metadata parts a build on several processes wrote (--rows synthetic lines):
+            peak RSS of the join as it was (each part read whole) and as xmcore does it (copied in blocks).
 
     python bench/index_scale.py                                   # every section
     python bench/index_scale.py --section embedding --images 1000
     python bench/index_scale.py --section embedding --run runs/quickstart-... --threads 2
     python bench/index_scale.py --section memory --threads 1 --work /tmp/vectors   # 5M x 256: 17 min here
     python bench/index_scale.py --section memory --vectors 500000 --threads 1
+    python bench/index_scale.py --section join --rows 2000000
 """
 
 from __future__ import annotations
@@ -319,7 +322,54 @@ def _print_memory(args, budget: int, exact: dict, bounded: dict, in_memory: dict
     return all(bars.values())
 
 
-SECTIONS = {"embedding": section_embedding, "memory": section_memory}
+def section_join(args, work: Path) -> bool:
+    """Rank 0's join of the metadata parts of a build on several processes (--rows lines, ~170 B each, in
+    parts of --rows-per-shard), each way in a fresh process: its peak RSS, wall time and the file's SHA-256."""
+    line = '{{"id": "image-{0}", "modality": "image", "split": "train", "path": "/shared/laion/{1:05d}/{0:09d}.jpg", ' \
+           '"media_type": "image/jpeg", "label": {2}}}\n'
+    (work / "building").mkdir()
+    for k, lo in enumerate(range(0, args.rows, args.rows_per_shard)):
+        rows = range(lo, min(lo + args.rows_per_shard, args.rows))
+        (work / "building" / f"image-{k:05d}.jsonl").write_text("".join(line.format(i, i // 10_000, i % 1000) for i in rows))
+    rows = []
+    for kind in ("imports only", "whole", "streamed"):
+        code = (f"import sys, json; sys.path.insert(0, {str(ROOT / 'bench')!r}); import index_scale as b; "
+                f"print(json.dumps(b._join_job({kind!r}, b.Path({str(work)!r}))))")
+        proc = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, check=True)
+        rows.append((kind, json.loads(proc.stdout.strip().splitlines()[-1])))
+    size = sum(p.stat().st_size for p in (work / "building").glob("*.jsonl"))
+    print(f"load average {load_average()}; {args.rows:,} rows, {size / 1e6:.0f} MB in {len(list((work / 'building').glob('*')))} parts")
+    print("| join | peak RSS | wall s |\n|---|---:|---:|")
+    for kind, row in rows:
+        print(f"| {kind} | {row['peak_bytes'] / 1e6:,.0f} MB | {row['seconds']:.1f} |")
+    same = rows[1][1]["sha256"] == rows[2][1]["sha256"]
+    print(f"{'PASS' if same else 'FAIL'}: the same file both ways")
+    return same
+
+
+def _join_job(kind: str, work: Path) -> dict:
+    """In a child process: ``whole`` (each part read into memory, joined, written and hashed again, as rank 0
+    did before) or ``streamed`` (xmcore's write_metadata: the parts copied in blocks, hashed on the way)."""
+    import resource
+
+    from xmcore.io import atomic_write_text, file_sha256
+    from xmcore.search.faiss_index import IndexOptions
+    from xmcore.search.folder import Build
+    from xmcore.search.gallery import write_metadata
+
+    parts, out = sorted((work / "building").glob("*.jsonl")), work / "metadata" / "image.jsonl"
+    started, digest = time.perf_counter(), None
+    if kind == "whole":
+        atomic_write_text(out, "".join([p.read_text() for p in parts]))
+        digest = file_sha256(out)
+    elif kind == "streamed":
+        build = Build(work, None, IndexOptions(), {}, "")
+        digest = build.checksums[write_metadata(build, "image", parts, set())[0]]
+    return {"peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "sha256": digest,
+            "seconds": time.perf_counter() - started}
+
+
+SECTIONS = {"embedding": section_embedding, "memory": section_memory, "join": section_join}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -337,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-memory", default="2GB", help="memory: the build's budget (default 2GB)")
     parser.add_argument("--queries", type=int, default=300, help="memory: queries against exact search (default 300)")
     parser.add_argument("-k", type=int, default=10, help="memory: recall@k (default 10)")
+    parser.add_argument("--rows", type=int, default=2_000_000, help="join: metadata rows (default 2,000,000)")
     parser.add_argument("--work", help="memory: a folder that keeps the shards, queries and exact answers (a rerun reuses them)")
     args = parser.parse_args(argv)
     ok = True

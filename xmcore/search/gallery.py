@@ -89,7 +89,8 @@ def gallery_fingerprint(items: Sequence[GalleryItem]) -> dict[str, Any]:
     for entry in items:
         listing.update(json.dumps([entry.meta, entry.owner], sort_keys=True, default=str).encode())
         listing.update(b"\n")
-    return {"count": len(items), "items": data_fingerprint([g.item for g in items]), "listing": listing.hexdigest()}
+    items_hash = data_fingerprint(g.item for g in items)  # it iterates once: no list of every item beside the gallery
+    return {"count": len(items), "items": items_hash, "listing": listing.hexdigest()}
 
 
 def embed_rows(module, modality: str, items: Sequence[GalleryItem], batch_size: int, num_workers: int, progress) -> np.ndarray:
