@@ -1,7 +1,8 @@
 """Killed and resumed, nothing lost: a run killed with SIGKILL in mid-epoch and resumed ends exactly as an
-uninterrupted run; checkpoints on a step interval; --resume before any checkpoint starts afresh; nothing
+uninterrupted run, on one process and under DDP (two CPU processes); checkpoints on a step interval; --resume before any checkpoint starts afresh; nothing
 half-written is left in a run directory or the feature cache.  (bench/kill_resume.py: many kill points.)"""
 
+import csv
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from conftest import ROOT, cli
-from xmcore.testing import offline_env, tiny_overrides
+from xmcore.testing import free_port, offline_env, tiny_overrides
 
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
 STEPS_PER_EPOCH = 5  # data.train=8: 8 pictures x 5 captions = 40 pairs, batches of 8
@@ -27,9 +28,23 @@ def small(plugins, *extra):
     return [QUICKSTART, *tiny, "data.train=8", "trainer.max_epochs=2", "checkpoint.every_n_steps=1", *extra]
 
 
-def xmcore_process(*args):
-    return subprocess.Popen([sys.executable, "-m", "xmcore", *map(str, args)], env=offline_env({"OMP_NUM_THREADS": "1"}),
+def xmcore_process(*args, env=None, session=False):
+    return subprocess.Popen([sys.executable, "-m", "xmcore", *map(str, args)],
+                            env=offline_env({"OMP_NUM_THREADS": "1", **(env or {})}), start_new_session=session,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_saves(proc, last, saves):
+    """Until ``last`` has been written ``saves`` times (or ``proc`` ended)."""
+    seen, stamp = 0, None
+    while proc.poll() is None and seen < saves:
+        try:
+            now = last.stat().st_mtime_ns
+        except FileNotFoundError:
+            now = None
+        if now is not None and now != stamp:
+            seen, stamp = seen + 1, now
+        time.sleep(0.002)
 
 
 def finished(proc):
@@ -47,15 +62,7 @@ def test_a_run_killed_in_mid_epoch_resumes_to_the_uninterrupted_metrics(plugins,
     reference = xmcore_process("run", *args, "--out", tmp_path / "whole")
     killed = xmcore_process("run", *args, "--out", tmp_path / "killed")
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
-    seen, stamp = 0, None
-    while killed.poll() is None and seen < 3:  # the third save: step 3, inside the first epoch
-        try:
-            now = last.stat().st_mtime_ns
-        except FileNotFoundError:
-            now = None
-        if now is not None and now != stamp:
-            seen, stamp = seen + 1, now
-        time.sleep(0.002)
+    wait_for_saves(killed, last, 3)  # the third save: step 3, inside the first epoch
     os.kill(killed.pid, signal.SIGKILL)
     killed.communicate()
     assert killed.returncode == -signal.SIGKILL, "the run ended before it was killed"
@@ -70,6 +77,54 @@ def test_a_run_killed_in_mid_epoch_resumes_to_the_uninterrupted_metrics(plugins,
     assert all(abs(ours[k] - theirs[k]) <= 1e-6 for k in ours), (at, ours, theirs)
     # the same steps in the same order: the resumed part's logged losses are the uninterrupted run's
     assert step_of(last) == step_of(tmp_path / "whole" / "checkpoints" / "last.ckpt") == 2 * STEPS_PER_EPOCH
+    assert not [p for p in (tmp_path / "killed").rglob(".*.tmp")]
+
+
+DDP = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
+
+
+def train_losses(csv_path):
+    """{step: train/loss} of a run's logs/metrics.csv."""
+    with open(csv_path, newline="") as fh:
+        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(fh) if r["train/loss"]}
+
+
+def test_ddp_run_killed_in_mid_epoch_resumes_to_the_uninterrupted_metrics(plugins, tmp_path):
+    """DDP (2 CPU processes, gloo; ~60 s on 2 loaded cores): the launching process and its rank-1 child
+    killed with SIGKILL after the third step's checkpoint and resumed on 2 processes end as an uninterrupted
+    2-process run: each rank skips the consumed batches of its own shard (data.train=16: 80 pairs, 40 a
+    rank, 5 steps an epoch; on one process it would be 10) and the same steps follow.  The loss is over
+    both ranks' gathered batches, so a rank resuming at the wrong batch changes it (checked: rank 1's
+    remaining batches reordered moves the step-3 loss and the metrics by up to 0.5)."""
+    args = small(plugins, "data.train=16", *DDP)
+
+    def ddp_process(*more):  # a session of its own: kill -9 of the launcher and its rank-1 child at once
+        return xmcore_process("run", *args, *more, session=True,
+                              env={"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
+
+    reference = ddp_process("--out", tmp_path / "whole")
+    killed = ddp_process("--out", tmp_path / "killed")
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    wait_for_saves(killed, last, 3)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.communicate()
+    assert killed.returncode == -signal.SIGKILL, "the run ended before it was killed"
+    at = step_of(last)
+    assert 0 < at < 2 * STEPS_PER_EPOCH and not (tmp_path / "killed" / "metrics.json").exists()
+    state = torch.load(last, map_location="cpu", weights_only=True)["loops"]["fit_loop"]["state_dict"]
+    if at < STEPS_PER_EPOCH:  # the loader's position in the epoch, which each rank resumes its shard at
+        assert state["combined_loader"] == [{"epoch": 0, "batches": at}]
+
+    finished(ddp_process("--out", tmp_path / "killed", "--resume"))
+    finished(reference)
+    ours = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    theirs = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    assert ours.keys() == theirs.keys()
+    assert all(abs(ours[k] - theirs[k]) <= 1e-6 for k in ours), (at, ours, theirs)
+    assert step_of(last) == step_of(tmp_path / "whole" / "checkpoints" / "last.ckpt") == 2 * STEPS_PER_EPOCH
+    resumed, whole = (train_losses(d / "logs" / "metrics.csv") for d in (tmp_path / "killed", tmp_path / "whole"))
+    assert min(resumed) == at and sorted(resumed) == list(range(at, 2 * STEPS_PER_EPOCH))
+    assert all(abs(resumed[s] - whole[s]) <= 1e-6 for s in resumed), (at, resumed, whole)
     assert not [p for p in (tmp_path / "killed").rglob(".*.tmp")]
 
 
