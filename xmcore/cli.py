@@ -323,7 +323,7 @@ def _index_kind(args) -> str:
     if args.kind in ("flat", "hnsw") and (args.on_disk or args.max_memory):
         raise XmcoreError(f"--on-disk and --max-memory plan the index themselves (IVF-PQ; exact flat for a gallery "
                           f"under 10,000 vectors that fits); --index {args.kind} holds every vector in memory: leave "
-                          "them out, or leave out --index")
+                          "them out, or use --index ivfpq (or no --index)")
     return args.kind or ("ivfpq" if args.on_disk or args.max_memory else "flat")
 
 
