@@ -21,9 +21,17 @@ writes its FAISS indexes) and run it again: the index must equal an uninterrupte
 The last kills a run with a frozen (cached) image encoder while it writes a feature-cache entry; the next
 run must find the entry unusable, encode again and end as an uninterrupted run does.
 
+With ``--ddp`` every run (the uninterrupted one, the killed ones and their resumptions) is DDP on two CPU
+processes (``trainer.accelerator=cpu trainer.devices=2 trainer.strategy=ddp``, gloo): a kill is SIGKILL
+of the launching process and its rank-1 child at once (each run has a process group of its own; so does
+every run without ``--ddp``, whose kill takes any DataLoader workers with it), and each rank must resume
+its own shard of the epoch's order at the right batch.  The index and feature-cache trials are skipped
+(they do not train under DDP).
+
     python bench/kill_resume.py                 # the quickstart at 600 training pictures, 2 epochs, 11 trials
     python bench/kill_resume.py --full          # the quickstart as written (2000 pictures)
     python bench/kill_resume.py --trials 12 --seed 3
+    python bench/kill_resume.py --ddp           # the same kills under DDP, 2 CPU processes
 
 Exit status 1 when a trial fails.
 """
@@ -52,7 +60,13 @@ STARTED: list[subprocess.Popen] = []
 
 
 def xmcore(args: list[str], env: dict) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "xmcore", *map(str, args)], env=env,
+    """``xmcore ARGS`` in a process group of its own (a kill takes its DDP ranks and loader workers with it);
+    under DDP (``MASTER_ADDR`` set) with a rendezvous port of its own."""
+    if "MASTER_ADDR" in env:
+        from xmcore.testing import free_port
+
+        env = dict(env, MASTER_PORT=str(free_port()))
+    proc = subprocess.Popen([sys.executable, "-m", "xmcore", *map(str, args)], env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     STARTED.append(proc)
     return proc
@@ -70,7 +84,7 @@ def kill_when(proc: subprocess.Popen, ready, poll: float = 0.0005) -> float:
     start = time.perf_counter()
     while proc.poll() is None:
         if ready():
-            os.kill(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
             return time.perf_counter() - start
         time.sleep(poll)
@@ -295,15 +309,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cache", action="store_true", help="skip the feature-cache trial")
     parser.add_argument("--no-index", action="store_true", help="skip the xmcore index trials")
     parser.add_argument("--keep", type=Path, help="keep the run directories here")
+    parser.add_argument("--ddp", action="store_true", help="every run under DDP on 2 CPU processes (gloo); "
+                        "implies --no-index --no-cache")
     args = parser.parse_args(argv)
 
     began = time.perf_counter()
     size = [] if args.full else [f"data.train={args.train}"]
-    recipe_args = [RECIPE, *size, *QUIET, f"checkpoint.every_n_steps={args.every_n_steps}"]
+    ddp = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"] if args.ddp else []
+    recipe_args = [RECIPE, *size, *QUIET, *ddp, f"checkpoint.every_n_steps={args.every_n_steps}"]
     work = args.keep or Path(tempfile.mkdtemp(prefix="xmcore-kill-"))
     work.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1", XMCORE_CACHE_DIR=str(work / "cache"))
     env.setdefault("OMP_NUM_THREADS", "1")
+    if args.ddp:
+        env["MASTER_ADDR"] = "127.0.0.1"
     command = "python bench/kill_resume.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"{command}\nrecipe: xmcore run {' '.join(str(a) for a in recipe_args)}", flush=True)
 
@@ -333,11 +352,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"  {name}: {'ok' if row['ok'] else 'FAIL'} (killed at {row['killed at s']} s, last.ckpt step "
               f"{row['last.ckpt step']}, max |diff| {row['max |diff|']}) {'; '.join(row['problems'])}", flush=True)
-    if not args.no_index:
+    if not (args.no_index or args.ddp):
         for row in index_trials(work / "uninterrupted", env, work):
             rows.append(row)
             print(f"  {row['trial']}: {'ok' if row['ok'] else 'FAIL'} {'; '.join(row['problems'])}", flush=True)
-    if not args.no_cache:
+    if not (args.no_cache or args.ddp):
         row = cache_trial(recipe_args, env, work)
         rows.append(row)
         print(f"  feature cache: {'ok' if row['ok'] else 'FAIL'} {'; '.join(row['problems'])}", flush=True)
@@ -360,4 +379,4 @@ if __name__ == "__main__":
     finally:  # interrupted: no run left behind
         for proc in STARTED:
             if proc.poll() is None:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
