@@ -81,6 +81,10 @@ class QueryBatcher:
         stages, self._stages = self._stages, None
         for stage in stages or ():
             stage.shutdown(wait=True)
+        if self._timer is not None:
+            self._timer.cancel()
+        # a batch whose answer can no longer reach a closed loop must not keep the next lifespan's batches waiting
+        self._timer, self._embedding, self._searching, self._pending = None, False, 0, []
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._timer is not None:
@@ -112,7 +116,7 @@ class QueryBatcher:
         self._flush(loop)  # what waited while this batch was embedded: into the model at once
 
     def _searched(self, loop: asyncio.AbstractEventLoop, batch: list[Pending], done) -> None:
-        self._searching -= 1
+        self._searching = max(self._searching - 1, 0)  # 0 after close(): see there
         self._deliver(batch, done)
         self._flush(loop)
 
