@@ -19,6 +19,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from xmcore.evaluation import compute_metrics, evaluate, rank_directions
 
@@ -121,6 +122,34 @@ class ExactResume(pl.Callback):
         torch.random.set_rng_state(states["torch"])
         if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class IntervalCheckpoint(ModelCheckpoint):
+    """``checkpoint.every_n_steps`` / ``every_minutes``: Lightning's ModelCheckpoint writing last.ckpt, but
+    at an epoch's last step (or the step a run stops at) only once the epoch has ended.
+
+    A save at that step comes before the epoch's validation, and a run resumed from it restarts past the
+    epoch's end: Lightning does not validate that epoch again, so the best checkpoint (and the evaluated
+    weights) would differ from the uninterrupted run's.  Saved at ``on_train_epoch_end`` instead, after
+    the validation and the best checkpoint's save; a run killed before then resumes from the step before.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._save_at_epoch_end = False
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+        if trainer.should_stop or batch_idx + 1 >= trainer.num_training_batches:
+            self._save_at_epoch_end = True
+            return
+        super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if self._save_at_epoch_end:
+            self._save_at_epoch_end = False
+            if not self._should_skip_saving_checkpoint(trainer):
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        super().on_train_epoch_end(trainer, module)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

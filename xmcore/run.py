@@ -503,16 +503,17 @@ def build_trainer(recipe: Recipe, built: Built, datamodule, run_dir: Path, extra
 
 def interval_checkpoints(recipe: Recipe, run_dir: Path) -> list:
     """``checkpoint.every_n_steps`` / ``checkpoint.every_minutes``: Lightning's ModelCheckpoint writing
-    checkpoints/last.ckpt every N optimizer steps or every M minutes of training (on a step's end), so a
-    run killed in mid-epoch resumes from there rather than from the last epoch's end."""
+    checkpoints/last.ckpt every N optimizer steps or every M minutes of training (on a step's end, not an
+    epoch's last: :class:`xmcore.callbacks.IntervalCheckpoint`), so a run killed in mid-epoch resumes from
+    there rather than from the last epoch's end."""
     from datetime import timedelta
 
-    from pytorch_lightning.callbacks import ModelCheckpoint
+    from xmcore.callbacks import IntervalCheckpoint
 
     every = [{"every_n_train_steps": recipe.checkpoint.every_n_steps}] if recipe.checkpoint.every_n_steps else []
     if recipe.checkpoint.every_minutes:
         every.append({"train_time_interval": timedelta(minutes=recipe.checkpoint.every_minutes)})
-    return [ModelCheckpoint(dirpath=run_dir / "checkpoints", save_top_k=0, save_last=True, enable_version_counter=False,
+    return [IntervalCheckpoint(dirpath=run_dir / "checkpoints", save_top_k=0, save_last=True, enable_version_counter=False,
                             **when) for when in every]
 
 
