@@ -57,6 +57,14 @@ def step_of(path):
     return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
 
 
+def assert_same_metrics(killed, whole, at: int) -> None:
+    """The resumed run's metrics.json equals the uninterrupted run's to 1e-6 (``at``: the step it resumed from)."""
+    ours = json.loads((killed / "metrics.json").read_text())
+    theirs = json.loads((whole / "metrics.json").read_text())
+    assert ours.keys() == theirs.keys()
+    assert all(abs(ours[k] - theirs[k]) <= 1e-6 for k in ours), (at, ours, theirs)
+
+
 def test_a_run_killed_in_mid_epoch_resumes_to_the_uninterrupted_metrics(plugins, tmp_path):
     args = small(plugins)
     reference = xmcore_process("run", *args, "--out", tmp_path / "whole")
@@ -71,10 +79,7 @@ def test_a_run_killed_in_mid_epoch_resumes_to_the_uninterrupted_metrics(plugins,
 
     finished(xmcore_process("run", *args, "--out", tmp_path / "killed", "--resume"))
     finished(reference)
-    ours = json.loads((tmp_path / "killed" / "metrics.json").read_text())
-    theirs = json.loads((tmp_path / "whole" / "metrics.json").read_text())
-    assert ours.keys() == theirs.keys()
-    assert all(abs(ours[k] - theirs[k]) <= 1e-6 for k in ours), (at, ours, theirs)
+    assert_same_metrics(tmp_path / "killed", tmp_path / "whole", at)
     # the same steps in the same order: the resumed part's logged losses are the uninterrupted run's
     assert step_of(last) == step_of(tmp_path / "whole" / "checkpoints" / "last.ckpt") == 2 * STEPS_PER_EPOCH
     assert not [p for p in (tmp_path / "killed").rglob(".*.tmp")]
@@ -117,10 +122,7 @@ def test_ddp_run_killed_in_mid_epoch_resumes_to_the_uninterrupted_metrics(plugin
 
     finished(ddp_process("--out", tmp_path / "killed", "--resume"))
     finished(reference)
-    ours = json.loads((tmp_path / "killed" / "metrics.json").read_text())
-    theirs = json.loads((tmp_path / "whole" / "metrics.json").read_text())
-    assert ours.keys() == theirs.keys()
-    assert all(abs(ours[k] - theirs[k]) <= 1e-6 for k in ours), (at, ours, theirs)
+    assert_same_metrics(tmp_path / "killed", tmp_path / "whole", at)
     assert step_of(last) == step_of(tmp_path / "whole" / "checkpoints" / "last.ckpt") == 2 * STEPS_PER_EPOCH
     resumed, whole = (train_losses(d / "logs" / "metrics.csv") for d in (tmp_path / "killed", tmp_path / "whole"))
     assert min(resumed) == at and sorted(resumed) == list(range(at, 2 * STEPS_PER_EPOCH))
